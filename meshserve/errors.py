@@ -1,0 +1,134 @@
+"""One error vocabulary for every meshserve service.
+
+Domain code raises a :class:`MeshError` subclass; servicers wrap handlers with
+:func:`grpc_errors` (or call :func:`abort`) so each becomes ``context.abort`` with the
+error's status code and a message a person can act on. Clients turn an ``RpcError``
+back into the same class with :func:`from_rpc_error`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+
+class MeshError(Exception):
+    """Base of every error meshserve reports to a caller."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(MeshError):
+    """The request is malformed or does not match the model's signature."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(MeshError):
+    """An unknown model, version or runtime."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(MeshError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Unavailable(MeshError):
+    """Nothing can serve the call right now; retrying later may work."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(MeshError):
+    """A size, queue or rate limit was hit."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(MeshError):
+    """The system is not in a state where the call can run (a model not loaded)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class DeadlineExceeded(MeshError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Unauthenticated(MeshError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(MeshError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unimplemented(MeshError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(MeshError):
+    """A bug or a failure inside a model; the message says which."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument, NotFound, AlreadyExists, Unavailable, ResourceExhausted,
+        FailedPrecondition, DeadlineExceeded, Unauthenticated, PermissionDenied,
+        Unimplemented, Internal,
+    )
+}
+
+
+def from_rpc_error(err: grpc.RpcError) -> MeshError:
+    """Map a client-side ``RpcError`` back to the matching :class:`MeshError`."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else str(err)
+    cls = _BY_CODE.get(code, MeshError)
+    error = cls(details or code.name)
+    error.code = code
+    return error
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: MeshError) -> NoReturn:
+    await context.abort(error.code, error.message)
+    raise AssertionError("unreachable")  # context.abort always raises
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def grpc_errors(handler: F) -> F:
+    """Turn a :class:`MeshError` raised by an async unary handler into ``context.abort``.
+
+    Anything else is a bug: it is logged with its traceback and the caller gets
+    INTERNAL with the exception's type and message, never a dump.
+    """
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await handler(self, request, context)
+        except MeshError as e:
+            await context.abort(e.code, e.message)
+        except Exception as e:  # noqa: BLE001 - last line of defence for the caller
+            if isinstance(e, grpc.aio.AbortError):
+                raise
+            log.exception("unhandled error in %s", handler.__qualname__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,93 @@
+"""Creating a meshserve gRPC server: options, health, reflection, bound address."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from meshserve.protos._pool import POOL
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+def _pool_with_standard_services() -> Any:
+    """meshserve's descriptor pool, with the health and reflection protos added once."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    for module in (health_pb2, reflection_pb2):
+        try:
+            POOL.FindFileByName(module.DESCRIPTOR.name)
+        except KeyError:
+            POOL.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return POOL
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        # meshserve retries by itself, knowing which calls are safe to repeat; gRPC's
+        # own retry buffering only costs a copy of every message.
+        ("grpc.enable_retries", 0),
+        ("grpc.keepalive_time_ms", 30_000),
+    ]
+
+
+class ServiceServer:
+    """An aio gRPC server with health checking and reflection for the named services."""
+
+    def __init__(self, service_names: Iterable[str], *, max_message_bytes: int) -> None:
+        self.server = grpc.aio.server(options=server_options(max_message_bytes))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.service_names = [*service_names, health.SERVICE_NAME]
+        reflection.enable_server_reflection(
+            [*self.service_names, reflection.SERVICE_NAME], self.server, pool=_pool_with_standard_services()
+        )
+        self.address = ""
+
+    def bind(self, host: str, port: int) -> str:
+        """Listen on host:port (port 0 picks a free one) and return the bound address."""
+        bound = self.server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port}: address in use or not allowed")
+        self.address = f"{host}:{bound}"
+        return self.address
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+
+
+def write_announce_file(path: str | os.PathLike[str] | None, **fields: Any) -> None:
+    """Atomically write what a parent process needs to find this service (its address)."""
+    if not path:
+        return
+    target = Path(path)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), **fields}))
+    tmp.replace(target)

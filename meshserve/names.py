@@ -1,0 +1,45 @@
+"""Rules for model names and versions, shared by every service.
+
+Names and versions become etcd keys and repository folder names, so they are kept to a
+safe alphabet: no path separators, no `..`, no control characters, bounded length.
+"""
+
+from __future__ import annotations
+
+import re
+
+from meshserve.errors import InvalidArgument
+
+MAX_NAME_LENGTH = 128
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def _describe(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:40] + "...")
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a valid model name, else raise InvalidArgument."""
+    if not name:
+        raise InvalidArgument("model name is empty")
+    if len(name) > MAX_NAME_LENGTH or not _NAME.match(name) or ".." in name:
+        raise InvalidArgument(
+            f"invalid model name {_describe(name)}: use at most {MAX_NAME_LENGTH} letters, "
+            "digits, '_', '-' or '.', starting with a letter or digit"
+        )
+    return name
+
+
+def check_version(version: str) -> str:
+    """Return ``version`` if it is empty (the default) or valid, else raise InvalidArgument."""
+    if version and (len(version) > MAX_NAME_LENGTH or not _VERSION.match(version) or ".." in version):
+        raise InvalidArgument(
+            f"invalid model version {_describe(version)}: use letters, digits, '_', '-' or '.'"
+        )
+    return version
+
+
+def version_sort_key(version: str) -> tuple[int, int, str]:
+    """Order versions numerically when they are numbers, then by name."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)

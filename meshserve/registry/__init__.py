@@ -1,0 +1,1 @@
+"""The registry in etcd: key layout, runtime registration and the router's cache."""

@@ -1,0 +1,195 @@
+"""The router's local, watch-fed copy of the registry.
+
+Lookups never touch etcd: the cache loads a snapshot of ``/meshserve/v1/`` once, then
+applies watch events. When etcd goes away the cache keeps serving what it last saw and
+re-opens the watch from the last revision it applied (etcd replays what was missed);
+if that revision was compacted, or etcd came back with an older history, it reloads a
+full snapshot instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aetcd
+
+from meshserve.names import version_sort_key
+from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
+from meshserve.registry import keys
+from meshserve.registry.etcd import connect
+
+log = logging.getLogger(__name__)
+
+READY = pb.MODEL_STATE_READY
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """A runtime that holds a model version ready."""
+
+    runtime_id: str
+    kind: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    """Everything the router needs to route calls for one model."""
+
+    name: str
+    # version -> replicas holding it ready; versions in ascending order
+    ready: dict[str, tuple[Replica, ...]]
+    # every version known anywhere, whatever its state, ascending
+    versions: tuple[str, ...]
+    latest_ready: str | None
+
+
+class RegistryCache:
+    """In-memory registry view, kept current by an etcd watch."""
+
+    def __init__(self, endpoint: str, on_change: Callable[[set[str]], None] | None = None) -> None:
+        self.endpoint = endpoint
+        self.runtimes: dict[str, pb.Runtime] = {}
+        self.placements: dict[tuple[str, str, str], pb.Placement] = {}
+        self.models: dict[str, ModelView] = {}
+        self.revision = 0
+        self.connected = False
+        self._on_change = on_change
+        self._client: aetcd.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.synced = asyncio.Event()
+
+    async def start(self, *, wait: float = 10.0) -> None:
+        self._client = await connect(self.endpoint, wait=wait)
+        await self._load_snapshot()
+        self._task = asyncio.create_task(self._watch_forever(), name="registry-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._client is not None:
+            await self._client.close()
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def model(self, name: str) -> ModelView | None:
+        return self.models.get(name)
+
+    def model_names(self) -> list[str]:
+        return sorted(self.models)
+
+    # -- applying changes --------------------------------------------------------------
+
+    async def _load_snapshot(self) -> None:
+        assert self._client is not None
+        snapshot = await self._client.get_prefix(keys.ROOT.encode())
+        self.runtimes.clear()
+        self.placements.clear()
+        for kv in snapshot:
+            self._put(kv.key, kv.value)
+        self.revision = snapshot.header.revision
+        self._rebuild(None)
+        self.connected = True
+        self.synced.set()
+        log.info("registry snapshot at revision %d: %d runtimes, %d models",
+                 self.revision, len(self.runtimes), len(self.models))
+
+    def _put(self, key: bytes, value: bytes) -> str | None:
+        placement = keys.parse_placement_key(key)
+        if placement is not None:
+            try:
+                self.placements[placement] = pb.Placement.FromString(value)
+            except Exception:  # noqa: BLE001 - a bad record must not stop the router
+                log.warning("ignoring unreadable placement record at %r", key)
+                return None
+            return placement[0]
+        runtime_id = keys.parse_runtime_key(key)
+        if runtime_id is not None:
+            with contextlib.suppress(Exception):
+                self.runtimes[runtime_id] = pb.Runtime.FromString(value)
+        return None
+
+    def _delete(self, key: bytes) -> str | None:
+        placement = keys.parse_placement_key(key)
+        if placement is not None:
+            self.placements.pop(placement, None)
+            return placement[0]
+        runtime_id = keys.parse_runtime_key(key)
+        if runtime_id is not None:
+            self.runtimes.pop(runtime_id, None)
+        return None
+
+    def _rebuild(self, changed: set[str] | None) -> None:
+        """Recompute the views of the changed models (of all models when None)."""
+        names = changed if changed is not None else {p[0] for p in self.placements} | set(self.models)
+        by_model: dict[str, list[pb.Placement]] = {name: [] for name in names}
+        for (model, _, _), placement in self.placements.items():
+            if model in by_model:
+                by_model[model].append(placement)
+        for name, placements in by_model.items():
+            if not placements:
+                self.models.pop(name, None)
+                continue
+            versions = sorted({p.version for p in placements}, key=version_sort_key)
+            ready: dict[str, tuple[Replica, ...]] = {}
+            for version in versions:
+                replicas = tuple(
+                    Replica(p.runtime_id, p.runtime_kind, p.address)
+                    for p in sorted(placements, key=lambda p: p.runtime_id)
+                    if p.version == version and p.state == READY
+                )
+                if replicas:
+                    ready[version] = replicas
+            latest = max(ready, key=version_sort_key) if ready else None
+            self.models[name] = ModelView(name, ready, tuple(versions), latest)
+        if self._on_change is not None:
+            self._on_change(names)
+
+    async def _watch_forever(self) -> None:
+        assert self._client is not None
+        delay = 0.1
+        while True:
+            try:
+                watch = await self._client.watch_prefix(keys.ROOT.encode(), start_revision=self.revision + 1)
+                self.connected = True
+                delay = 0.1
+                async for event in watch:
+                    changed = (self._put if event.kind == "PUT" else self._delete_event)(
+                        event.kv.key, event.kv.value
+                    )
+                    self.revision = max(self.revision, event.kv.mod_revision)
+                    if changed is not None:
+                        self._rebuild({changed})
+            except aetcd.RevisionCompactedError:
+                log.warning("registry revision %d was compacted: reloading a snapshot", self.revision)
+                await self._resync()
+            except aetcd.ClientError as e:
+                if self.connected:
+                    log.warning("lost the registry watch on etcd %s (%s); serving from cache", self.endpoint, e)
+                self.connected = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                await self._check_history()
+
+    def _delete_event(self, key: bytes, _value: bytes) -> str | None:
+        return self._delete(key)
+
+    async def _check_history(self) -> None:
+        """Reload a snapshot if etcd came back with a history older than ours."""
+        assert self._client is not None
+        with contextlib.suppress(aetcd.ClientError):
+            probe = await self._client.get_prefix(keys.ROOT.encode() + b"\x00", keys_only=True)
+            if probe.header.revision < self.revision:
+                log.warning("etcd history went back from %d to %d: reloading a snapshot",
+                            self.revision, probe.header.revision)
+                await self._resync()
+
+    async def _resync(self) -> None:
+        with contextlib.suppress(aetcd.ClientError):
+            await self._load_snapshot()

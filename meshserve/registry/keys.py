@@ -1,0 +1,29 @@
+"""Key layout of the registry in etcd (all keys are UTF-8 bytes)."""
+
+from __future__ import annotations
+
+ROOT = "/meshserve/v1/"
+RUNTIMES = ROOT + "runtimes/"
+PLACEMENTS = ROOT + "placements/"
+
+
+def runtime_key(runtime_id: str) -> bytes:
+    return (RUNTIMES + runtime_id).encode()
+
+
+def placement_key(model: str, version: str, runtime_id: str) -> bytes:
+    return f"{PLACEMENTS}{model}/{version}/{runtime_id}".encode()
+
+
+def parse_placement_key(key: bytes) -> tuple[str, str, str] | None:
+    """Return (model, version, runtime id) of a placement key, or None for other keys."""
+    text = key.decode()
+    if not text.startswith(PLACEMENTS):
+        return None
+    parts = text[len(PLACEMENTS):].split("/")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+
+
+def parse_runtime_key(key: bytes) -> str | None:
+    text = key.decode()
+    return text[len(RUNTIMES):] if text.startswith(RUNTIMES) else None

@@ -1,0 +1,1 @@
+"""meshserve runtimes: one package per language."""

@@ -1,0 +1,1 @@
+"""meshserve services: the router (and, later, the audit service)."""

@@ -1,0 +1,1 @@
+"""The router: the mesh's one door."""
