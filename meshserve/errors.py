@@ -125,7 +125,7 @@ def grpc_errors(handler: F) -> F:
             return await handler(self, request, context)
         except MeshError as e:
             await context.abort(e.code, e.message)
-        except Exception as e:  # noqa: BLE001 - last line of defence for the caller
+        except Exception as e:
             if isinstance(e, grpc.aio.AbortError):
                 raise
             log.exception("unhandled error in %s", handler.__qualname__)

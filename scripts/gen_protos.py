@@ -24,7 +24,10 @@ PROTO_ROOT = ROOT / "protos"
 OUT = ROOT / "meshserve" / "protos"
 PACKAGE = "meshserve.protos"
 BIN = Path(sys.executable).parent
-POOL_MODULE = '"""Descriptor pool of meshserve\'s generated protobuf modules."""\n\nfrom google.protobuf import descriptor_pool\n\nPOOL = descriptor_pool.DescriptorPool()\n'
+POOL_MODULE = (
+    '"""Descriptor pool of meshserve\'s generated protobuf modules."""\n\n'
+    "from google.protobuf import descriptor_pool\n\nPOOL = descriptor_pool.DescriptorPool()\n"
+)
 
 
 def _top_packages(files: list[Path]) -> set[str]:
@@ -33,9 +36,10 @@ def _top_packages(files: list[Path]) -> set[str]:
 
 def _rewrite(path: Path, tops: set[str]) -> None:
     text = path.read_text()
-    for top in tops:
-        text = re.sub(rf"^from {top}(\.| import)", rf"from {PACKAGE}.{top}\1", text, flags=re.M)
-        text = re.sub(rf"^import {top}\.", f"import {PACKAGE}.{top}.", text, flags=re.M)
+    # One pass over all top-level packages: rewriting one at a time would rewrite
+    # "meshserve.protos.inference" again for the top-level package "meshserve".
+    names = "|".join(sorted(map(re.escape, tops)))
+    text = re.sub(rf"^(from|import) ({names})(\.| import)", rf"\1 {PACKAGE}.\2\3", text, flags=re.M)
     if path.name.endswith("_pb2.py"):
         text = text.replace(
             "from google.protobuf import descriptor_pool as _descriptor_pool\n",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import socket
 from pathlib import Path
@@ -69,7 +70,7 @@ class EtcdServer:
             process = ManagedProcess("etcd", self._argv(port, self.peer_port), self.log_path)
             process.start()
             try:
-                process.wait_until(lambda p=port: _answers(self.host, p), timeout, "listening")
+                process.wait_until(functools.partial(_answers, self.host, port), timeout, "listening")
             except ProcessFailed:
                 process.stop()
                 if self.port or attempt == attempts - 1:

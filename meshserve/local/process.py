@@ -59,7 +59,7 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, **(self.env or {})}
-        self.proc = subprocess.Popen(  # noqa: S603 - argv built by meshserve itself
+        self.proc = subprocess.Popen(
             self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, cwd=self.cwd, start_new_session=True,
         )
@@ -79,7 +79,9 @@ class ManagedProcess:
             if not self.alive():
                 raise ProcessFailed(f"{self.name} exited before {what}; its log ends with:\n{tail(self.log_path)}")
             if time.monotonic() > deadline:
-                raise ProcessFailed(f"{self.name} not {what} after {timeout:.0f} s; its log ends with:\n{tail(self.log_path)}")
+                raise ProcessFailed(
+                    f"{self.name} not {what} after {timeout:.0f} s; its log ends with:\n{tail(self.log_path)}"
+                )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.2)
 
@@ -102,15 +104,14 @@ class ManagedProcess:
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps the child."""
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(grace)
-                except subprocess.TimeoutExpired:
-                    log.warning("%s (pid %d) ignored SIGTERM for %.0f s: killing it", self.name, self.proc.pid, grace)
-                    self.proc.kill()
-                    self.proc.wait()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                log.warning("%s (pid %d) ignored SIGTERM for %.0f s: killing it", self.name, self.proc.pid, grace)
+                self.proc.kill()
+                self.proc.wait()
         if self._log is not None:
             self._log.close()
             self._log = None

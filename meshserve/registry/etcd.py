@@ -20,14 +20,14 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def connect(endpoint: str, *, wait: float = 10.0, timeout: float = 5.0) -> aetcd.Client:
+async def connect(endpoint: str, *, wait: float = 10.0, call_timeout: float = 5.0) -> aetcd.Client:
     """Connect to etcd at ``endpoint``, retrying for up to ``wait`` seconds.
 
     Raises Unavailable naming the endpoint when etcd does not answer in time, so a
     service fails fast at start-up with a message that says what to fix.
     """
     host, port = split_endpoint(endpoint)
-    client = aetcd.Client(host=host, port=port, timeout=int(max(1, timeout)))
+    client = aetcd.Client(host=host, port=port, timeout=int(max(1, call_timeout)))
     deadline = time.monotonic() + wait
     delay = 0.05
     while True:

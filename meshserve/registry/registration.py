@@ -105,5 +105,5 @@ class Registration:
                     if reply is None or reply.TTL <= 0:
                         log.warning("lease of runtime %s expired: registering again", self.runtime.id)
                         await self._register_all()
-            except (aetcd.ClientError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aetcd.ClientError) as e:
                 log.warning("etcd at %s unreachable, keeping the last registration: %s", self.endpoint, e)

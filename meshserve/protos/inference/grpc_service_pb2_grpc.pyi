@@ -11,7 +11,7 @@ forwards any other method of this service to the runtime that holds the model.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from meshserve.protos.meshserve.protos.inference import grpc_service_pb2 as _grpc_service_pb2
+from meshserve.protos.inference import grpc_service_pb2 as _grpc_service_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

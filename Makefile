@@ -1,0 +1,51 @@
+# The only commands anyone needs. Every target sets up .venv/ first when it must.
+#   make up     start the local mesh (etcd, router, Python runtime, example models)
+#   make test   run every test, then the linters
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION ?= 0.13.9
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.meshserve-installed
+
+.PHONY: venv examples up test lint protos lock bench
+
+venv: $(STAMP)
+
+# Rebuilt only when the lock or the project metadata changes.
+$(STAMP): requirements.lock pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then \
+		$(PYTHON) -m venv $(VENV) || { \
+			echo "python3 -m venv failed: installing python3-venv"; rm -rf $(VENV); \
+			apt-get update && apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }; \
+	fi
+	@[ -x $(BIN)/uv ] || $(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+examples: venv
+	$(BIN)/python scripts/build_examples.py
+
+up: venv examples
+	$(BIN)/meshserve up
+
+test: venv examples
+	$(BIN)/pytest tests
+	$(MAKE) lint
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+	$(BIN)/python scripts/gen_protos.py --check
+
+protos: venv
+	$(BIN)/python scripts/gen_protos.py
+
+lock: venv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+bench: venv examples
+	$(BIN)/python bench/run.py

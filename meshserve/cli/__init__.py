@@ -1,0 +1,1 @@
+"""The ``meshserve`` command line: run a local mesh, list what it serves, call a model."""

@@ -1,0 +1,164 @@
+"""``meshserve up``: the local mesh in the foreground until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+import meshserve
+from meshserve.cli.common import UserError, cli_errors, console, err_console
+from meshserve.cli.tables import endpoints_table
+from meshserve.local.mesh import DEFAULT_ROUTER_PORT, LocalMesh, MeshConfig, port_is_free
+from meshserve.local.process import tail
+
+REPO_ROOT = Path(meshserve.__file__).resolve().parent.parent
+EXAMPLE_MODELS = REPO_ROOT / "examples" / "models"
+BUILD_SCRIPT = REPO_ROOT / "scripts" / "build_examples.py"
+
+IRIS_REQUEST = {
+    "model_name": "iris",
+    "inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4],
+                "contents": {"fp32_contents": [5.1, 3.5, 1.4, 0.2]}}],
+}
+
+
+def grpcurl_command(router_address: str) -> str:
+    """A copy-and-paste grpcurl call of iris through the router."""
+    venv_grpcurl = Path(sys.executable).parent / "grpcurl"
+    exe = str(venv_grpcurl) if venv_grpcurl.exists() else "grpcurl"
+    if Path(exe).is_relative_to(Path.cwd()):
+        exe = os.path.relpath(exe)
+    body = json.dumps(IRIS_REQUEST, separators=(",", ":"))
+    return shlex.join([exe, "-plaintext", "-d", body, router_address,
+                       "inference.GRPCInferenceService/ModelInfer"])
+
+
+def ensure_examples(repository: Path) -> None:
+    """Build the example models' artifacts when serving the default repository.
+
+    The build script is idempotent and returns at once when everything is built.
+    """
+    if repository.resolve() != EXAMPLE_MODELS.resolve() or not BUILD_SCRIPT.exists():
+        return
+    with console.status("checking the example models"):
+        done = subprocess.run(
+            [sys.executable, str(BUILD_SCRIPT)], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        )
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()[-10:]
+        raise UserError("building the example models failed:\n" + "\n".join(lines))
+    for line in (done.stdout + done.stderr).splitlines():
+        if line.startswith("built "):
+            console.print(f"[green]✓[/] {line}")
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _start(mesh: LocalMesh) -> None:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        for step in mesh.steps():
+            task = progress.add_task(f"starting {step.label}", total=1)
+            address = step.run()
+            progress.update(task, completed=1, description=f"[green]✓[/] {step.label} on {address}")
+
+
+def _write_announce(path: Path, mesh: LocalMesh) -> None:
+    data = {"pid": os.getpid(), "router": mesh.router_address, "etcd": mesh.etcd_endpoint,
+            "runtime": mesh.runtime_address, "runtime_id": mesh.runtime_id, "children": mesh.pids(),
+            "data_dir": str(mesh.data_dir)}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def _wait(mesh: LocalMesh) -> str | None:
+    """Block until interrupted (None) or a child exits (its name)."""
+    while True:
+        for name, alive in mesh.alive().items():
+            if not alive:
+                return name
+        time.sleep(0.5)
+
+
+@cli_errors
+def up(
+    model_repository: Annotated[
+        Path, typer.Option("--model-repository", "-m", help="folder of <model>/<version>/ to serve",
+                           envvar="MESHSERVE_MODEL_REPOSITORY")
+    ] = EXAMPLE_MODELS,
+    router_port: Annotated[int, typer.Option(help="router port (0: any free port)")] = DEFAULT_ROUTER_PORT,
+    etcd_port: Annotated[
+        int | None, typer.Option(help="etcd client port (default 2379 when free, else any free port)")
+    ] = None,
+    runtime_port: Annotated[int, typer.Option(help="Python runtime port (0: any free port)")] = 0,
+    host: Annotated[str, typer.Option(help="address every service listens on")] = "127.0.0.1",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="etcd data and logs (default: a temporary folder removed on exit)")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="log level of the services")] = "INFO",
+    announce_file: Annotated[
+        Path | None, typer.Option(help="once up, write the addresses and child PIDs as JSON here")
+    ] = None,
+) -> None:
+    """Start etcd, the router and the Python runtime with the example models; Ctrl-C stops them."""
+    # Also when started with SIGINT ignored (a background job of a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    ensure_examples(model_repository)
+    if not model_repository.is_dir():
+        raise UserError(f"model repository {model_repository} is not a folder")
+    if router_port and not port_is_free(host, router_port):
+        raise UserError(f"port {router_port} on {host} is in use: stop what holds it or pass --router-port")
+    mesh = LocalMesh(MeshConfig(
+        model_repository=model_repository, host=host, router_port=router_port, etcd_port=etcd_port,
+        runtime_port=runtime_port, data_dir=data_dir, log_level=log_level,
+    ))
+    pids: dict[str, int] = {}
+    exit_code = 0
+    try:
+        _start(mesh)
+        pids = mesh.pids()
+        console.print(endpoints_table([
+            ("router (OIP gRPC)", mesh.router_address, str(pids.get("router", "-"))),
+            ("python runtime", mesh.runtime_address, str(pids.get("runtime", "-"))),
+            ("etcd", mesh.etcd_endpoint, str(pids.get("etcd", "-"))),
+        ]))
+        console.print(f"logs: {mesh.log_dir}")
+        console.print("try:")
+        console.print(grpcurl_command(mesh.router_address), markup=False, soft_wrap=True)
+        console.print("[bold]Ctrl-C to stop[/]")
+        if announce_file is not None:
+            _write_announce(announce_file, mesh)
+        died = _wait(mesh)
+        if died is not None:
+            log_tail = tail(mesh.log_dir / f"{died}.log")
+            err_console.print(f"[bold red]error:[/] {died} exited unexpectedly; its log ends with:")
+            err_console.print(log_tail, markup=False)
+            exit_code = 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pids = pids or mesh.pids()
+        # Ignore further Ctrl-C while stopping, so no child is left behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with console.status("stopping"):
+            mesh.stop()
+        if pids:
+            console.print("stopped " + ", ".join(f"{name} (pid {pid})" for name, pid in reversed(pids.items())))
+    if exit_code:
+        raise typer.Exit(exit_code)

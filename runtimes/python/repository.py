@@ -1,0 +1,215 @@
+"""The model repository on disk and the state of every model version in it.
+
+Layout: ``<root>/<model>/<version>/manifest.yaml`` plus the artifact the manifest
+names. Versions load and unload independently; the empty version means the latest
+loaded one (numeric versions compare as numbers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshserve.errors import FailedPrecondition, InvalidArgument, MeshError, NotFound, Unavailable
+from meshserve.names import check_model_name, check_version, version_sort_key
+
+from .loaders import Backend, load_backend
+from .manifest import MANIFEST, Manifest, load_manifest
+from .signature import Signature
+
+log = logging.getLogger(__name__)
+
+PLATFORMS = {"sklearn": "sklearn", "onnx": "onnxruntime", "python": "python"}
+
+
+class State(enum.Enum):
+    AVAILABLE = "AVAILABLE"
+    LOADING = "LOADING"
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+@dataclass(eq=False)
+class ModelEntry:
+    """One model version of the repository and its current state."""
+
+    name: str
+    version: str
+    path: Path
+    manifest: Manifest | None = None
+    state: State = State.AVAILABLE
+    reason: str = ""
+    backend: Backend | None = None
+    signature: Signature | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def platform(self) -> str:
+        return PLATFORMS[self.manifest.framework] if self.manifest else ""
+
+
+OnChange = Callable[[ModelEntry], Awaitable[None]]
+
+
+class ModelRepository:
+    """Every model version under ``root``, loading and unloading them on request."""
+
+    def __init__(self, root: Path, on_change: OnChange | None = None) -> None:
+        self.root = root
+        self.on_change = on_change
+        self._models: dict[str, dict[str, ModelEntry]] = {}
+        # (name, version) and (name, "") -> READY entry; the only lookup on the hot path.
+        self._ready: dict[tuple[str, str], ModelEntry] = {}
+
+    def scan(self) -> list[ModelEntry]:
+        """Find model versions added to the folder since the last scan; return the new ones."""
+        if not self.root.is_dir():
+            raise FailedPrecondition(f"model repository {self.root} is not a folder")
+        found: list[ModelEntry] = []
+        for model_dir in sorted(self.root.iterdir()):
+            if not model_dir.is_dir() or model_dir.name.startswith("."):
+                continue
+            for version_dir in sorted(model_dir.iterdir()):
+                if not (version_dir / MANIFEST).is_file():
+                    continue
+                name, version = model_dir.name, version_dir.name
+                try:
+                    check_model_name(name)
+                    check_version(version)
+                except InvalidArgument as e:
+                    log.warning("skipping %s: %s", version_dir, e)
+                    continue
+                versions = self._models.setdefault(name, {})
+                if version in versions:
+                    continue
+                entry = ModelEntry(name, version, version_dir)
+                try:
+                    entry.manifest = load_manifest(version_dir / MANIFEST)
+                    entry.signature = Signature(name, version, entry.manifest)
+                except MeshError as e:
+                    entry.state, entry.reason = State.FAILED, e.message
+                versions[version] = entry
+                found.append(entry)
+        return found
+
+    def entries(self) -> list[ModelEntry]:
+        return [e for name in sorted(self._models) for e in self._sorted(self._models[name])]
+
+    @staticmethod
+    def _sorted(versions: dict[str, ModelEntry]) -> list[ModelEntry]:
+        return [versions[v] for v in sorted(versions, key=version_sort_key)]
+
+    def versions(self, name: str) -> list[ModelEntry]:
+        """Every version of ``name``, oldest first; NotFound lists the models there are."""
+        versions = self._models.get(name)
+        if not versions:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise NotFound(f"model {name!r} is not in this runtime's repository; models: {known}")
+        return self._sorted(versions)
+
+    def entry(self, name: str, version: str) -> ModelEntry:
+        """One version, or the latest ready one (else the latest) when ``version`` is empty."""
+        entries = self.versions(name)
+        if not version:
+            ready = [e for e in entries if e.state is State.READY]
+            return (ready or entries)[-1]
+        for e in entries:
+            if e.version == version:
+                return e
+        raise NotFound(
+            f"model {name!r} has no version {version!r}; versions: {', '.join(e.version for e in entries)}"
+        )
+
+    def ready(self, name: str, version: str) -> ModelEntry:
+        """The READY entry to serve a call; the error says what to do otherwise."""
+        entry = self._ready.get((name, version))
+        if entry is not None:
+            return entry
+        entry = self.entry(name, version)
+        what = f"model {name!r} version {entry.version!r}"
+        if entry.state is State.LOADING:
+            raise Unavailable(f"{what} is loading; retry shortly")
+        if entry.state is State.FAILED:
+            raise FailedPrecondition(f"{what} failed to load: {entry.reason}; fix it and load it again")
+        raise FailedPrecondition(f"{what} is not loaded; load it first (RepositoryModelLoad)")
+
+    def _reindex(self) -> None:
+        ready: dict[tuple[str, str], ModelEntry] = {}
+        for name, versions in self._models.items():
+            latest = None
+            for entry in self._sorted(versions):
+                if entry.state is State.READY:
+                    ready[(name, entry.version)] = entry
+                    latest = entry
+            if latest is not None:
+                ready[(name, "")] = latest
+        self._ready = ready
+
+    async def _set(self, entry: ModelEntry, state: State, reason: str = "") -> None:
+        entry.state, entry.reason = state, reason
+        self._reindex()
+        if self.on_change is not None:
+            await self.on_change(entry)
+
+    def _select(self, name: str, version: str) -> list[ModelEntry]:
+        self.scan()
+        return [self.entry(name, version)] if version else self.versions(name)
+
+    async def load(self, name: str, version: str = "") -> list[ModelEntry]:
+        """Load one version, or every version of ``name``; raise the first failure."""
+        entries = self._select(name, version)
+        errors: list[str] = []
+        for entry in entries:
+            await self._load(entry)
+            if entry.state is State.FAILED:
+                errors.append(f"version {entry.version}: {entry.reason}")
+        if errors:
+            raise FailedPrecondition(f"model {name!r} failed to load: {'; '.join(errors)}")
+        return entries
+
+    async def _load(self, entry: ModelEntry) -> None:
+        async with entry.lock:
+            if entry.state is State.READY:
+                return
+            try:
+                # Re-read the manifest: a failed version may have been fixed on disk.
+                entry.manifest = load_manifest(entry.path / MANIFEST)
+                entry.signature = Signature(entry.name, entry.version, entry.manifest)
+            except MeshError as e:
+                await self._set(entry, State.FAILED, e.message)
+                return
+            await self._set(entry, State.LOADING)
+            try:
+                entry.backend = await load_backend(entry.name, entry.version, entry.path, entry.manifest)
+            except MeshError as e:
+                await self._set(entry, State.FAILED, e.message)
+            except Exception as e:  # a model's own code may raise anything
+                log.warning("loading %s version %s failed", entry.name, entry.version, exc_info=True)
+                await self._set(entry, State.FAILED, f"{type(e).__name__}: {e}")
+            else:
+                log.info("loaded model %s version %s (%s)", entry.name, entry.version, entry.platform)
+                await self._set(entry, State.READY)
+
+    async def unload(self, name: str, version: str = "") -> list[ModelEntry]:
+        """Unload one version, or every version of ``name``, freeing what they hold."""
+        entries = self._select(name, version)
+        for entry in entries:
+            async with entry.lock:
+                backend, entry.backend = entry.backend, None
+                if entry.state is State.READY:
+                    await self._set(entry, State.AVAILABLE, "unloaded")
+                if backend is not None:
+                    try:
+                        await backend.close()
+                    except Exception:  # a model's own code may raise anything
+                        log.warning("unloading %s version %s raised", name, entry.version, exc_info=True)
+        return entries
+
+    async def close(self) -> None:
+        """Unload everything (the runtime is stopping)."""
+        for name in list(self._models):
+            await self.unload(name)

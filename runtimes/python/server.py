@@ -1,0 +1,130 @@
+"""Life cycle of the Python runtime: create, start (bind, register, load), stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+
+import meshserve
+from meshserve.errors import NotFound
+from meshserve.grpcutil.server import ServiceServer, write_announce_file
+from meshserve.protos.inference import grpc_service_pb2_grpc as pb_grpc
+from meshserve.protos.meshserve.registry.v1 import registry_pb2 as reg_pb
+from meshserve.registry.registration import Registration, now_ms
+from meshserve.settings import load_settings, setup_logging
+
+from .handlers import DataPlane
+from .repository import ModelEntry, ModelRepository, State
+from .servicer import InferenceServicer
+from .settings import PythonRuntimeSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+RUNTIME_KIND = "python"
+_PLACEMENT_STATES = {
+    State.AVAILABLE: reg_pb.MODEL_STATE_AVAILABLE,
+    State.LOADING: reg_pb.MODEL_STATE_LOADING,
+    State.READY: reg_pb.MODEL_STATE_READY,
+    State.FAILED: reg_pb.MODEL_STATE_FAILED,
+}
+
+
+def placement(entry: ModelEntry) -> reg_pb.Placement:
+    return reg_pb.Placement(
+        model=entry.name, version=entry.version, state=_PLACEMENT_STATES[entry.state],
+        reason=entry.reason, platform=entry.platform,
+    )
+
+
+class PythonRuntime:
+    """One Python runtime server; ``start()`` then ``stop()``."""
+
+    def __init__(self, settings: PythonRuntimeSettings, *, register: bool = True) -> None:
+        self.settings = settings
+        self.repository = ModelRepository(settings.model_repository, on_change=self._publish)
+        self.dataplane = DataPlane(self.repository, settings.predict_threads)
+        self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), self.server.server)
+        self.register = register
+        self.registration: Registration | None = None
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    @property
+    def runtime_id(self) -> str:
+        return self.settings.runtime_id
+
+    async def _publish(self, entry: ModelEntry) -> None:
+        if self.registration is not None:
+            await self.registration.publish(placement(entry))
+
+    async def start(self) -> None:
+        """Bind, start serving, register in etcd, then load the models ``load`` names."""
+        entries = self.repository.scan()
+        names = sorted({e.name for e in entries})
+        to_load = self.settings.models_to_load(names)
+        unknown = [n for n in to_load if n not in names]
+        if unknown:
+            raise NotFound(
+                f"cannot load {', '.join(unknown)}: not in {self.settings.model_repository}; "
+                f"models there: {', '.join(names) or 'none'}"
+            )
+        self.server.bind(self.settings.host, self.settings.port)
+        await self.server.start()
+        if self.register:
+            runtime = reg_pb.Runtime(
+                id=self.settings.runtime_id, kind=RUNTIME_KIND, address=self.address,
+                started_at_unix_ms=now_ms(), version=meshserve.__version__,
+            )
+            self.registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s)
+            for entry in self.repository.entries():
+                await self.registration.publish(placement(entry))
+            await self.registration.start(wait=self.settings.etcd_wait_s)
+        for name in to_load:
+            with contextlib.suppress(Exception):  # a failed load is recorded in its state
+                await self.repository.load(name)
+        self.dataplane.ready = True
+        log.info("python runtime %s serving %s on %s", self.runtime_id, self.settings.model_repository,
+                 self.address)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Leave the registry at once, finish calls in flight, unload every model."""
+        self.dataplane.ready = False
+        if self.registration is not None:
+            await self.registration.stop()
+            self.registration = None
+        await self.server.stop(grace)
+        await self.dataplane.close()
+
+
+def create_server(settings: PythonRuntimeSettings, *, register: bool = True) -> PythonRuntime:
+    """A runtime ready to ``start()``; ``register=False`` keeps it out of etcd."""
+    return PythonRuntime(settings, register=register)
+
+
+async def serve(settings: PythonRuntimeSettings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    runtime = create_server(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    try:
+        await runtime.start()
+        write_announce_file(settings.announce_file, address=runtime.address, runtime_id=runtime.runtime_id)
+        await stopping.wait()
+        log.info("stopping python runtime %s", runtime.runtime_id)
+    finally:
+        await runtime.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = load_settings(PythonRuntimeSettings, argv, prog="python -m meshserve.runtimes.python")
+    setup_logging(settings.log_level)
+    asyncio.run(serve(settings))

@@ -1,0 +1,124 @@
+"""OIP gRPC servicer of the Python runtime: protobuf in, domain calls, protobuf out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+
+import meshserve
+from meshserve.errors import InvalidArgument, MeshError, grpc_errors
+from meshserve.oip.codec import decode_inputs, encode_response
+from meshserve.protos.inference import grpc_service_pb2 as pb
+from meshserve.protos.inference import grpc_service_pb2_grpc as pb_grpc
+
+from .handlers import DataPlane
+from .manifest import TensorSpec
+
+log = logging.getLogger(__name__)
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+SERVER_NAME = "meshserve-python"
+EXTENSIONS = ["model_repository", "model_stream"]
+
+
+def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+
+
+def _version_parameter(parameters: Any) -> str:
+    """The optional ``version`` repository parameter of a load or unload request."""
+    if "version" not in parameters:
+        return ""
+    param = parameters["version"]
+    choice = param.WhichOneof("parameter_choice")
+    if choice == "string_param":
+        return str(param.string_param)
+    if choice == "int64_param":
+        return str(param.int64_param)
+    raise InvalidArgument("parameter 'version' must be a string or an integer")
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService over a :class:`DataPlane`."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        requested = [o.name for o in request.outputs]
+        result = await self.dataplane.infer(
+            request.model_name, request.model_version, decode_inputs(request), requested
+        )
+        return encode_response(
+            result.outputs, model_name=result.model, model_version=result.version, request_id=request.id,
+            requested=requested, datatypes=result.datatypes,
+        )
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready)
+
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: Context
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=meshserve.__version__, extensions=EXTENSIONS)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+
+    @grpc_errors
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: Context
+    ) -> pb.ModelMetadataResponse:
+        meta = self.dataplane.model_metadata(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=meta.name, versions=meta.versions, platform=meta.platform,
+            inputs=[_tensor_metadata(s) for s in meta.inputs],
+            outputs=[_tensor_metadata(s) for s in meta.outputs],
+        )
+
+    @grpc_errors
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
+        return await self._infer(request)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        async for request in request_iterator:
+            try:
+                response = await self._infer(request)
+            except MeshError as e:
+                yield pb.ModelStreamInferResponse(error_message=e.message)
+            except Exception as e:  # one bad request must not end the stream
+                log.exception("unhandled error in ModelStreamInfer")
+                yield pb.ModelStreamInferResponse(error_message=f"internal error: {type(e).__name__}: {e}")
+            else:
+                yield pb.ModelStreamInferResponse(infer_response=response)
+
+    @grpc_errors
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Context
+    ) -> pb.RepositoryIndexResponse:
+        return pb.RepositoryIndexResponse(models=[
+            pb.RepositoryIndexResponse.ModelIndex(name=e.name, version=e.version, state=e.state, reason=e.reason)
+            for e in self.dataplane.index(request.ready)
+        ])
+
+    @grpc_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> pb.RepositoryModelLoadResponse:
+        await self.dataplane.load(request.model_name, _version_parameter(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    @grpc_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.dataplane.unload(request.model_name, _version_parameter(request.parameters))
+        return pb.RepositoryModelUnloadResponse()

@@ -1,0 +1,52 @@
+"""Build the example models' artifacts (idempotent; rebuilds only what is missing).
+
+    .venv/bin/python scripts/build_examples.py [--force]
+
+iris: a scikit-learn logistic regression on sklearn's bundled iris data, saved with
+skops to examples/models/iris/1/model.skops (the manifest beside it is committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "examples" / "models"
+log = logging.getLogger("build_examples")
+
+
+def build_iris(force: bool) -> Path:
+    target = MODELS / "iris" / "1" / "model.skops"
+    if target.exists() and not force:
+        return target
+    import numpy as np
+    import skops.io as sio
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    data = load_iris()
+    x = data.data.astype(np.float32)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=0))
+    model.fit(x, data.target.astype(np.int64))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    sio.dump(model, tmp)
+    tmp.replace(target)
+    log.info("built %s", target.relative_to(ROOT))
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="rebuild even when artifacts exist")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    build_iris(args.force)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The per-call path: forwarding inference-protocol calls to replicas as raw bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import grpc
+from grpc.aio import ServicerContext as Context
+
+from meshserve.errors import MeshError
+from meshserve.protos.inference import grpc_service_pb2 as oip
+
+from .replicas import Connection, ConnectionPool
+from .resolve import Resolver
+from .wire import string_fields
+
+log = logging.getLogger(__name__)
+
+
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+class Forwarder:
+    """Routes each call by the model name and version inside its bytes."""
+
+    def __init__(self, resolver: Resolver, pool: ConnectionPool, eject_s: float) -> None:
+        self.resolver = resolver
+        self.pool = pool
+        self.eject_s = eject_s
+
+    def unary(self, method: str, name_field: int = 1,
+              version_field: int = 2) -> Callable[[bytes, Context], Coroutine[Any, Any, bytes]]:
+        """A handler forwarding ``method``, routed by the given string fields."""
+        resolve = self.resolver.resolve
+        choose = self.pool.choose
+        eject_s = self.eject_s
+
+        async def handler(request: bytes, context: Context) -> bytes:
+            try:
+                name, version = string_fields(request, name_field, version_field)
+                _, replicas = resolve(name, version)
+            except MeshError as e:
+                await context.abort(e.code, e.message)
+            conn = choose(replicas)
+            timeout = context.time_remaining()
+            for attempt in (0, 1):
+                conn.inflight += 1
+                try:
+                    response: bytes = await conn.unary(method)(request, timeout=timeout)
+                    return response
+                except grpc.aio.AioRpcError as e:
+                    code = e.code()
+                    if code is _UNAVAILABLE:
+                        conn.eject(eject_s)
+                        if attempt == 0 and len(replicas) > 1:
+                            timeout = context.time_remaining()
+                            conn = choose(replicas, exclude=conn)
+                            continue
+                        await context.abort(code, f"model {name!r} on {conn.replica.runtime_id} "
+                                                  f"({conn.address}) is unavailable: {e.details()}")
+                    await context.abort(code, e.details() or code.name)
+                finally:
+                    conn.inflight -= 1
+            raise AssertionError("unreachable")
+
+        return handler
+
+    async def stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
+        """ModelStreamInfer: each request goes to a replica of its own model.
+
+        One upstream stream is opened per replica the stream's requests need; their
+        responses are merged back in the order each replica sends them. A request that
+        cannot be routed gets an error response, and the stream goes on.
+        """
+        out: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        upstreams: dict[str, grpc.aio.StreamStreamCall[bytes, bytes]] = {}
+        pumps: list[asyncio.Task[None]] = []
+        timeout = context.time_remaining()
+
+        async def pump(conn: Connection, call: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+            try:
+                async for response in call:
+                    await out.put(response)
+            except grpc.aio.AioRpcError as e:
+                await out.put(e)
+            finally:
+                conn.inflight -= 1
+
+        async def read_requests() -> None:
+            try:
+                async for request in requests:
+                    try:
+                        name, version = string_fields(request, 1, 2)
+                        _, replicas = self.resolver.resolve(name, version)
+                    except MeshError as e:
+                        await out.put(oip.ModelStreamInferResponse(error_message=e.message).SerializeToString())
+                        continue
+                    sticky = next((r for r in replicas if r.address in upstreams), None)
+                    conn = self.pool.get(sticky) if sticky else self.pool.choose(replicas)
+                    call = upstreams.get(conn.address)
+                    if call is None:
+                        call = conn.stream()(timeout=timeout)
+                        upstreams[conn.address] = call
+                        conn.inflight += 1
+                        pumps.append(asyncio.create_task(pump(conn, call)))
+                    await call.write(request)
+                for call in upstreams.values():
+                    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                        await call.done_writing()
+                await asyncio.gather(*pumps)
+            finally:
+                await out.put(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (item := await out.get()) is not None:
+                if isinstance(item, grpc.aio.AioRpcError):
+                    await context.abort(item.code(), item.details() or item.code().name)
+                assert isinstance(item, bytes)
+                yield item
+            await reader
+        finally:
+            reader.cancel()
+            for call in upstreams.values():
+                call.cancel()
+            for task in pumps:
+                task.cancel()

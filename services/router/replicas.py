@@ -1,0 +1,106 @@
+"""Connections to runtime replicas: one channel per replica, raw-bytes method handles.
+
+Calls go out as the bytes that came in (no serializer, no deserializer), so tensors
+are never decoded or re-encoded on their way through the router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Any
+
+import grpc
+
+from meshserve.grpcutil.server import channel_options
+from meshserve.registry.cache import Replica
+
+log = logging.getLogger(__name__)
+
+SERVICE = "/inference.GRPCInferenceService/"
+
+
+class Connection:
+    """A channel to one replica and its per-method raw callables."""
+
+    __slots__ = ("_stream", "_unary", "address", "channel", "ejected_until", "inflight", "replica")
+
+    def __init__(self, replica: Replica, options: list[tuple[str, Any]]) -> None:
+        self.replica = replica
+        self.address = replica.address
+        self.channel = grpc.aio.insecure_channel(replica.address, options=options)
+        self.inflight = 0
+        self.ejected_until = 0.0
+        self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
+        self._stream: grpc.aio.StreamStreamMultiCallable[bytes, bytes] | None = None
+
+    def unary(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+        call = self._unary.get(method)
+        if call is None:
+            call = self.channel.unary_unary(SERVICE + method, _registered_method=True)
+            self._unary[method] = call
+        return call
+
+    def stream(self) -> grpc.aio.StreamStreamMultiCallable[bytes, bytes]:
+        if self._stream is None:
+            self._stream = self.channel.stream_stream(SERVICE + "ModelStreamInfer", _registered_method=True)
+        return self._stream
+
+    def eject(self, seconds: float) -> None:
+        self.ejected_until = time.monotonic() + seconds
+
+
+class ConnectionPool:
+    """Connections to every replica the registry lists, opened and closed as it changes."""
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self._options = channel_options(max_message_bytes)
+        self._by_address: dict[str, Connection] = {}
+
+    def get(self, replica: Replica) -> Connection:
+        conn = self._by_address.get(replica.address)
+        if conn is None or conn.replica.runtime_id != replica.runtime_id:
+            if conn is not None:
+                self._close_later(conn)
+            conn = Connection(replica, self._options)
+            self._by_address[replica.address] = conn
+        return conn
+
+    def choose(self, replicas: tuple[Replica, ...], exclude: Connection | None = None) -> Connection:
+        """Least outstanding requests between two random replicas; ejected ones last."""
+        if len(replicas) == 1:
+            return self.get(replicas[0])
+        candidates = [self.get(r) for r in replicas]
+        if exclude is not None and len(candidates) > 1:
+            candidates = [c for c in candidates if c is not exclude] or candidates
+        now = time.monotonic()
+        healthy = [c for c in candidates if c.ejected_until <= now] or candidates
+        if len(healthy) == 1:
+            return healthy[0]
+        a, b = random.sample(healthy, 2)
+        return a if a.inflight <= b.inflight else b
+
+    def retain(self, live_addresses: set[str]) -> None:
+        """Close connections to replicas that left the registry."""
+        for address in list(self._by_address):
+            if address not in live_addresses:
+                self._close_later(self._by_address.pop(address))
+
+    def _close_later(self, conn: Connection) -> None:
+        async def close() -> None:
+            # Let calls in flight finish before the channel goes.
+            for _ in range(100):
+                if conn.inflight == 0:
+                    break
+                await asyncio.sleep(0.1)
+            await conn.channel.close()
+
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().create_task(close())
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.channel.close() for c in self._by_address.values()), return_exceptions=True)
+        self._by_address.clear()

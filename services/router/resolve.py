@@ -1,0 +1,62 @@
+"""Turning a model name and requested version into the replicas that can serve it."""
+
+from __future__ import annotations
+
+from meshserve.errors import InvalidArgument, NotFound, Unavailable
+from meshserve.names import check_model_name, check_version
+from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
+from meshserve.registry.cache import ModelView, RegistryCache, Replica
+
+_LISTED = 20
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_LISTED])
+    return shown + (f" and {len(items) - _LISTED} more" if len(items) > _LISTED else "") if items else "none"
+
+
+class Resolver:
+    """Version resolution over the router's registry cache (no etcd round trip)."""
+
+    def __init__(self, cache: RegistryCache) -> None:
+        self.cache = cache
+
+    def view(self, name: str) -> ModelView:
+        view = self.cache.models.get(name)
+        if view is None:
+            check_model_name(name)
+            raise NotFound(f"model {name!r} is not in the mesh; models: {_listing(self.cache.model_names())}")
+        return view
+
+    def resolve(self, name: str, version: str) -> tuple[str, tuple[Replica, ...]]:
+        """(resolved version, replicas holding it ready), or the error to give the caller."""
+        view = self.cache.models.get(name)
+        if view is not None:
+            if not version:
+                if view.latest_ready is not None:
+                    return view.latest_ready, view.ready[view.latest_ready]
+            else:
+                replicas = view.ready.get(version)
+                if replicas:
+                    return version, replicas
+        raise self._why_not(name, version)
+
+    def _why_not(self, name: str, version: str) -> Exception:
+        try:
+            view = self.view(name)
+            check_version(version)
+        except (InvalidArgument, NotFound) as e:
+            return e
+        if version and version not in view.versions:
+            return NotFound(f"model {name!r} has no version {version!r}; versions: {_listing(list(view.versions))}")
+        states = self.describe_states(name, version)
+        what = f"version {version!r} of model {name!r}" if version else f"model {name!r}"
+        return Unavailable(f"{what} is not ready on any runtime ({states})")
+
+    def describe_states(self, name: str, version: str) -> str:
+        parts = []
+        for (model, ver, runtime_id), p in sorted(self.cache.placements.items()):
+            if model == name and (not version or ver == version):
+                state = pb.ModelState.Name(p.state).removeprefix("MODEL_STATE_").lower()
+                parts.append(f"version {ver} on {runtime_id}: {state}" + (f": {p.reason}" if p.reason else ""))
+        return "; ".join(parts) or "no runtime holds it"

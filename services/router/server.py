@@ -1,0 +1,116 @@
+"""Assembling and running the router."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import grpc
+
+from meshserve.grpcutil.server import ServiceServer, write_announce_file
+from meshserve.protos.inference import grpc_service_pb2 as oip
+from meshserve.protos.meshserve.registry.v1 import registry_pb2_grpc
+from meshserve.registry.cache import RegistryCache
+from meshserve.settings import load_settings, setup_logging
+
+from .admin import RegistryServicer
+from .forward import Forwarder
+from .replicas import ConnectionPool
+from .resolve import Resolver
+from .servicer import MeshServicer
+from .settings import RouterSettings
+
+log = logging.getLogger(__name__)
+
+OIP_SERVICE = "inference.GRPCInferenceService"
+REGISTRY_SERVICE = "meshserve.registry.v1.RegistryService"
+
+
+def _typed(handler: Any, request_type: Any) -> grpc.RpcMethodHandler[Any, Any]:
+    return grpc.unary_unary_rpc_method_handler(
+        handler, request_deserializer=request_type.FromString,
+        response_serializer=lambda m: m.SerializeToString(),
+    )
+
+
+def _raw(handler: Any) -> grpc.RpcMethodHandler[Any, Any]:
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+class Router:
+    """The router: registry cache, connections and the gRPC server, started and stopped together."""
+
+    def __init__(self, settings: RouterSettings) -> None:
+        self.settings = settings
+        self.pool = ConnectionPool(settings.max_message_bytes)
+        self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed)
+        resolver = Resolver(self.cache)
+        self.forwarder = Forwarder(resolver, self.pool, settings.eject_s)
+        mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s)
+        self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)
+        fwd = self.forwarder
+        handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            "ModelInfer": _raw(fwd.unary("ModelInfer")),
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(fwd.stream_infer),
+            "ModelConfig": _raw(fwd.unary("ModelConfig")),
+            "ModelStatistics": _raw(fwd.unary("ModelStatistics")),
+            "ModelMetadata": _raw(mesh.model_metadata),
+            "RepositoryModelLoad": _raw(mesh.repository_model_load),
+            "RepositoryModelUnload": _raw(mesh.repository_model_unload),
+            "ServerLive": _typed(mesh.server_live, oip.ServerLiveRequest),
+            "ServerReady": _typed(mesh.server_ready, oip.ServerReadyRequest),
+            "ServerMetadata": _typed(mesh.server_metadata, oip.ServerMetadataRequest),
+            "ModelReady": _typed(mesh.model_ready, oip.ModelReadyRequest),
+            "RepositoryIndex": _typed(mesh.repository_index, oip.RepositoryIndexRequest),
+        }
+        self.grpc.server.add_registered_method_handlers(OIP_SERVICE, handlers)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.cache), self.grpc.server)
+
+    @property
+    def address(self) -> str:
+        return self.grpc.address
+
+    def _registry_changed(self, _models: set[str]) -> None:
+        self.pool.retain({p.address for p in self.cache.placements.values()})
+
+    async def start(self) -> str:
+        """Load the registry, then listen; returns the bound address."""
+        await self.cache.start(wait=self.settings.etcd_wait_s)
+        address = self.grpc.bind(self.settings.host, self.settings.port)
+        await self.grpc.start()
+        log.info("router serving the inference protocol on %s (etcd %s)", address, self.settings.etcd_endpoint)
+        return address
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.grpc.stop(grace)
+        await self.cache.stop()
+        await self.pool.close()
+
+
+def create_server(settings: RouterSettings) -> Router:
+    return Router(settings)
+
+
+async def serve(settings: RouterSettings) -> None:
+    router = create_server(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        address = await router.start()
+        write_announce_file(settings.announce_file, address=address)
+        await stop.wait()
+        log.info("router stopping")
+    finally:
+        with contextlib.suppress(Exception):
+            await router.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = load_settings(RouterSettings, argv, prog="meshserve router")
+    setup_logging(settings.log_level)
+    asyncio.run(serve(settings))

@@ -1,0 +1,146 @@
+"""Inference-protocol calls the router answers for the whole mesh, or fans out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+from grpc.aio import ServicerContext as Context
+
+import meshserve
+from meshserve.errors import InvalidArgument, MeshError, NotFound, Unavailable, grpc_errors
+from meshserve.names import check_model_name
+from meshserve.protos.inference import grpc_service_pb2 as oip
+from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
+from meshserve.registry.cache import RegistryCache, Replica
+
+from .replicas import ConnectionPool
+from .resolve import Resolver
+from .wire import string_fields
+
+# The state shown for a version that no runtime holds ready: the most hopeful one.
+_STATE_ORDER = [pb.MODEL_STATE_READY, pb.MODEL_STATE_LOADING, pb.MODEL_STATE_UNLOADING,
+                pb.MODEL_STATE_FAILED, pb.MODEL_STATE_AVAILABLE, pb.MODEL_STATE_UNSPECIFIED]
+_OIP_STATE = {
+    pb.MODEL_STATE_READY: "READY", pb.MODEL_STATE_LOADING: "LOADING",
+    pb.MODEL_STATE_UNLOADING: "UNLOADING", pb.MODEL_STATE_FAILED: "UNAVAILABLE",
+    pb.MODEL_STATE_AVAILABLE: "UNAVAILABLE", pb.MODEL_STATE_UNSPECIFIED: "UNAVAILABLE",
+}
+
+
+class MeshServicer:
+    """ServerLive/Ready/Metadata, ModelReady, ModelMetadata, RepositoryIndex/Load/Unload."""
+
+    def __init__(self, cache: RegistryCache, resolver: Resolver, pool: ConnectionPool,
+                 load_wait_s: float) -> None:
+        self.cache = cache
+        self.resolver = resolver
+        self.pool = pool
+        self.load_wait_s = load_wait_s
+
+    @grpc_errors
+    async def server_live(self, request: oip.ServerLiveRequest, context: Context) -> oip.ServerLiveResponse:
+        return oip.ServerLiveResponse(live=True)
+
+    @grpc_errors
+    async def server_ready(self, request: oip.ServerReadyRequest, context: Context) -> oip.ServerReadyResponse:
+        return oip.ServerReadyResponse(ready=self.cache.synced.is_set())
+
+    @grpc_errors
+    async def server_metadata(self, request: oip.ServerMetadataRequest,
+                              context: Context) -> oip.ServerMetadataResponse:
+        return oip.ServerMetadataResponse(
+            name="meshserve", version=meshserve.__version__, extensions=["model_repository"]
+        )
+
+    @grpc_errors
+    async def model_ready(self, request: oip.ModelReadyRequest, context: Context) -> oip.ModelReadyResponse:
+        try:
+            self.resolver.resolve(request.name, request.version)
+        except (NotFound, Unavailable):
+            return oip.ModelReadyResponse(ready=False)
+        return oip.ModelReadyResponse(ready=True)
+
+    @grpc_errors
+    async def model_metadata(self, request: bytes, context: Context) -> bytes:
+        """Forwarded to a replica; the versions list is the whole mesh's."""
+        name, version = string_fields(request, 1, 2)
+        _, replicas = self.resolver.resolve(name, version)
+        conn = self.pool.choose(replicas)
+        try:
+            raw = await conn.unary("ModelMetadata")(request, timeout=context.time_remaining())
+        except grpc.aio.AioRpcError as e:
+            await context.abort(e.code(), e.details() or e.code().name)
+        response = oip.ModelMetadataResponse.FromString(raw)
+        del response.versions[:]
+        response.versions.extend(self.resolver.view(name).ready)
+        return response.SerializeToString()
+
+    @grpc_errors
+    async def repository_index(self, request: oip.RepositoryIndexRequest,
+                               context: Context) -> oip.RepositoryIndexResponse:
+        if request.repository_name:
+            raise InvalidArgument("the router has one mesh-wide repository: leave repository_name empty")
+        response = oip.RepositoryIndexResponse()
+        by_version: dict[tuple[str, str], list[pb.Placement]] = {}
+        for (model, version, _), placement in self.cache.placements.items():
+            by_version.setdefault((model, version), []).append(placement)
+        for (model, version) in sorted(by_version):
+            placements = by_version[(model, version)]
+            best = min(placements, key=lambda p: _STATE_ORDER.index(p.state))
+            if request.ready and best.state != pb.MODEL_STATE_READY:
+                continue
+            ready = sum(p.state == pb.MODEL_STATE_READY for p in placements)
+            kinds = ",".join(sorted({p.runtime_kind for p in placements}))
+            reason = f"runtime={kinds} replicas={ready}"
+            failed = next((p for p in placements if p.state == pb.MODEL_STATE_FAILED), None)
+            if failed is not None:
+                reason += f" failed on {failed.runtime_id}: {failed.reason}"
+            response.models.add(name=model, version=version, state=_OIP_STATE[best.state], reason=reason)
+        return response
+
+    @grpc_errors
+    async def repository_model_load(self, request: bytes, context: Context) -> bytes:
+        return await self._fan_out("RepositoryModelLoad", request, context, loading=True)
+
+    @grpc_errors
+    async def repository_model_unload(self, request: bytes, context: Context) -> bytes:
+        return await self._fan_out("RepositoryModelUnload", request, context, loading=False)
+
+    async def _fan_out(self, method: str, request: bytes, context: Context, *, loading: bool) -> bytes:
+        """Send a load or unload to every runtime that lists the model, then wait for the registry."""
+        repository, name = string_fields(request, 1, 2)
+        if repository:
+            raise InvalidArgument("the router has one mesh-wide repository: leave repository_name empty")
+        check_model_name(name)
+        wanted = {pb.MODEL_STATE_READY, pb.MODEL_STATE_LOADING, pb.MODEL_STATE_FAILED}
+        targets = {
+            p.runtime_id: Replica(p.runtime_id, p.runtime_kind, p.address)
+            for (model, _, _), p in self.cache.placements.items()
+            if model == name and (loading or p.state in wanted)
+        }
+        if not targets:
+            self.resolver.view(name)  # NotFound listing the models, if unknown
+            return b""  # nothing holds it loaded: unloading is already done
+        timeout = context.time_remaining()
+        calls = [self.pool.get(r).unary(method)(request, timeout=timeout) for r in targets.values()]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        errors = [(rid, r) for rid, r in zip(targets, results, strict=True) if isinstance(r, BaseException)]
+        if errors:
+            rid, err = errors[0]
+            if isinstance(err, grpc.aio.AioRpcError):
+                await context.abort(err.code(), f"{method} of {name!r} on {rid}: {err.details()}")
+            raise err
+        await self._await_registry(name, loading)
+        return b""
+
+    async def _await_registry(self, name: str, loading: bool) -> None:
+        deadline = time.monotonic() + self.load_wait_s
+        while time.monotonic() < deadline:
+            view = self.cache.models.get(name)
+            if (view is not None and view.latest_ready is not None) == loading:
+                return
+            await asyncio.sleep(0.01)
+        raise MeshError(f"model {name!r}: runtimes answered but the registry did not show the change "
+                        f"within {self.load_wait_s:.0f} s")

@@ -1,0 +1,124 @@
+"""`meshserve up` end to end: start it, use it from the CLI, Ctrl-C it, no child left."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+MESHSERVE = str(Path(sys.executable).parent / "meshserve")
+T = TypeVar("T")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        importlib.util.find_spec("meshserve.runtimes.python.__main__") is None
+        or importlib.util.find_spec("meshserve.services.router.__main__") is None,
+        reason="the router or the Python runtime is not installed",
+    ),
+]
+
+
+def eventually(check: Callable[[], T], timeout: float = 20.0) -> T:
+    """Retry ``check`` until it stops raising AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MESHSERVE, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def mesh_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    announce = tmp_path / "up.json"
+    proc = subprocess.Popen(
+        [MESHSERVE, "up", "--router-port", "0", "--etcd-port", "0", "--data-dir", str(tmp_path / "data"),
+         "--announce-file", str(announce)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    info: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + 90
+        while not announce.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"meshserve up exited with {proc.returncode}:\n{proc.stdout.read() if proc.stdout else ''}")
+            if time.monotonic() > deadline:
+                pytest.fail("meshserve up did not come up in 90 s")
+            time.sleep(0.1)
+        info = json.loads(announce.read_text())
+        yield proc, info
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in info.get("children", {}).values():
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(180)
+def test_up_serves_models_and_stops_every_child(mesh_up: tuple[subprocess.Popen[str], dict[str, Any]]) -> None:
+    proc, info = mesh_up
+    router = info["router"]
+    children: dict[str, int] = info["children"]
+    assert set(children) == {"etcd", "router", "runtime"}
+    assert all(alive(pid) for pid in children.values())
+
+    def iris_listed() -> str:
+        done = cli("models", "--router", router)
+        assert done.returncode == 0, done.stderr
+        assert "iris" in done.stdout and "ready" in done.stdout
+        return done.stdout
+
+    eventually(iris_listed)
+
+    runtimes = cli("runtimes", "--router", router)
+    assert runtimes.returncode == 0, runtimes.stderr
+    assert "python" in runtimes.stdout
+
+    done = cli("infer", "iris", "--router", router, "--format", "json",
+               "--json", '{"features": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}')
+    assert done.returncode == 0, done.stderr
+    outputs = json.loads(done.stdout)["outputs"]
+    assert outputs["label"] == [0, 2]
+    assert len(outputs["probabilities"]) == 2 and len(outputs["probabilities"][0]) == 3
+
+    table = cli("infer", "iris", "--router", router, "--input", "features=[5.1, 3.5, 1.4, 0.2]")
+    assert table.returncode == 0, table.stderr
+    assert "probabilities" in table.stdout
+
+    missing = cli("infer", "nosuchmodel", "--router", router, "--input", "x=[1]")
+    assert missing.returncode == 1
+    assert "NOT_FOUND" in missing.stderr and "Traceback" not in missing.stderr
+
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "stopped" in out
+    for name, pid in children.items():
+        assert not alive(pid), f"{name} (pid {pid}) still runs after meshserve up stopped"
