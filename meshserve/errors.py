@@ -94,14 +94,19 @@ _BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
 }
 
 
+def error_for(code: grpc.StatusCode, message: str) -> MeshError:
+    """The :class:`MeshError` for a status code (a plain MeshError carrying it when no class has it)."""
+    cls = _BY_CODE.get(code, MeshError)
+    error = cls(message or code.name)
+    error.code = code
+    return error
+
+
 def from_rpc_error(err: grpc.RpcError) -> MeshError:
     """Map a client-side ``RpcError`` back to the matching :class:`MeshError`."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
-    cls = _BY_CODE.get(code, MeshError)
-    error = cls(details or code.name)
-    error.code = code
-    return error
+    return error_for(code, details)
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: MeshError) -> NoReturn:

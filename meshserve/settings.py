@@ -35,6 +35,15 @@ class ServiceSettings(BaseSettings):
     )
 
 
+class RuntimeSettings(ServiceSettings):
+    """Fields every runtime has, beyond those of a service."""
+
+    lease_ttl_s: int = Field(5, ge=1, description="seconds the registry keeps this runtime after it dies")
+    link_port: int = Field(
+        0, ge=-1, description="port of the mesh link routers call ModelInfer over; 0 picks a free one, -1 disables it"
+    )
+
+
 S = TypeVar("S", bound=BaseSettings)
 
 

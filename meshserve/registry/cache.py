@@ -34,6 +34,8 @@ class Replica:
     runtime_id: str
     kind: str
     address: str
+    # The runtime's mesh link ("" when it has none: call it over gRPC).
+    link_address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,7 @@ class RegistryCache:
             ready: dict[str, tuple[Replica, ...]] = {}
             for version in versions:
                 replicas = tuple(
-                    Replica(p.runtime_id, p.runtime_kind, p.address)
+                    Replica(p.runtime_id, p.runtime_kind, p.address, p.link_address)
                     for p in sorted(placements, key=lambda p: p.runtime_id)
                     if p.version == version and p.state == READY
                 )

@@ -53,6 +53,7 @@ class Registration:
         placement.runtime_id = self.runtime.id
         placement.runtime_kind = self.runtime.kind
         placement.address = self.runtime.address
+        placement.link_address = self.runtime.link_address
         placement.updated_at_unix_ms = now_ms()
         async with self._lock:
             self._placements[(placement.model, placement.version)] = placement

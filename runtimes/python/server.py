@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import meshserve
 from meshserve.errors import NotFound
 from meshserve.grpcutil.server import ServiceServer, write_announce_file
+from meshserve.link.server import bound_address, serve_link
 from meshserve.protos.inference import grpc_service_pb2_grpc as pb_grpc
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as reg_pb
 from meshserve.registry.registration import Registration, now_ms
@@ -47,10 +48,13 @@ class PythonRuntime:
         self.settings = settings
         self.repository = ModelRepository(settings.model_repository, on_change=self._publish)
         self.dataplane = DataPlane(self.repository, settings.predict_threads)
+        self.servicer = InferenceServicer(self.dataplane)
         self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), self.server.server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server.server)
         self.register = register
         self.registration: Registration | None = None
+        self.link: asyncio.Server | None = None
+        self.link_address = ""
 
     @property
     def address(self) -> str:
@@ -77,10 +81,14 @@ class PythonRuntime:
             )
         self.server.bind(self.settings.host, self.settings.port)
         await self.server.start()
+        if self.settings.link_port >= 0:
+            self.link = await serve_link(self.settings.host, self.settings.link_port, self.servicer.link_handler,
+                                         self.settings.max_message_bytes)
+            self.link_address = bound_address(self.link, self.settings.host)
         if self.register:
             runtime = reg_pb.Runtime(
                 id=self.settings.runtime_id, kind=RUNTIME_KIND, address=self.address,
-                started_at_unix_ms=now_ms(), version=meshserve.__version__,
+                started_at_unix_ms=now_ms(), version=meshserve.__version__, link_address=self.link_address,
             )
             self.registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s)
             for entry in self.repository.entries():
@@ -99,6 +107,8 @@ class PythonRuntime:
         if self.registration is not None:
             await self.registration.stop()
             self.registration = None
+        if self.link is not None:
+            self.link.close()
         await self.server.stop(grace)
         await self.dataplane.close()
 
@@ -117,7 +127,8 @@ async def serve(settings: PythonRuntimeSettings) -> None:
         loop.add_signal_handler(sig, stopping.set)
     try:
         await runtime.start()
-        write_announce_file(settings.announce_file, address=runtime.address, runtime_id=runtime.runtime_id)
+        write_announce_file(settings.announce_file, address=runtime.address, runtime_id=runtime.runtime_id,
+                            link_address=runtime.link_address)
         await stopping.wait()
         log.info("stopping python runtime %s", runtime.runtime_id)
     finally:

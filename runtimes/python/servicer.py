@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.message import DecodeError
 
 import meshserve
-from meshserve.errors import InvalidArgument, MeshError, grpc_errors
+from meshserve.errors import InvalidArgument, MeshError, Unimplemented, grpc_errors
+from meshserve.link import MODEL_INFER
 from meshserve.oip.codec import decode_inputs, encode_response
 from meshserve.protos.inference import grpc_service_pb2 as pb
 from meshserve.protos.inference import grpc_service_pb2_grpc as pb_grpc
@@ -47,7 +49,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self.dataplane = dataplane
 
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         requested = [o.name for o in request.outputs]
         result = await self.dataplane.infer(
             request.model_name, request.model_version, decode_inputs(request), requested
@@ -56,6 +58,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             result.outputs, model_name=result.model, model_version=result.version, request_id=request.id,
             requested=requested, datatypes=result.datatypes,
         )
+
+    async def link_handler(self, method: int, payload: bytes, metadata: dict[str, str]) -> bytes:
+        """Calls arriving over the mesh link: the same ModelInfer, framed instead of gRPC."""
+        if method != MODEL_INFER:
+            raise Unimplemented(f"mesh link method {method} is not served by this runtime")
+        try:
+            request = pb.ModelInferRequest.FromString(payload)
+        except DecodeError as e:
+            raise InvalidArgument("request is not a valid ModelInferRequest") from e
+        return (await self.infer(request)).SerializeToString()
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -84,14 +96,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        return await self._infer(request)
+        return await self.infer(request)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for request in request_iterator:
             try:
-                response = await self._infer(request)
+                response = await self.infer(request)
             except MeshError as e:
                 yield pb.ModelStreamInferResponse(error_message=e.message)
             except Exception as e:  # one bad request must not end the stream

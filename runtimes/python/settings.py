@@ -9,14 +9,14 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from meshserve.settings import ServiceSettings
+from meshserve.settings import RuntimeSettings
 
 
 def _default_runtime_id() -> str:
     return f"python-{socket.gethostname()}-{os.getpid()}"
 
 
-class PythonRuntimeSettings(ServiceSettings):
+class PythonRuntimeSettings(RuntimeSettings):
     """Python runtime: serves scikit-learn, ONNX and Python-class models over OIP gRPC."""
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_PYTHON_", protected_namespaces=())
@@ -28,7 +28,6 @@ class PythonRuntimeSettings(ServiceSettings):
     runtime_id: str = Field(
         default_factory=_default_runtime_id, description="id in the registry (default python-<host>-<pid>)"
     )
-    lease_ttl_s: int = Field(5, ge=1, description="seconds the registry keeps this runtime after it dies")
     predict_threads: int = Field(4, ge=1, description="threads running synchronous predict calls")
 
     def models_to_load(self, available: list[str]) -> list[str]:

@@ -32,9 +32,14 @@ class Forwarder:
         self.pool = pool
         self.eject_s = eject_s
 
-    def unary(self, method: str, name_field: int = 1,
-              version_field: int = 2) -> Callable[[bytes, Context], Coroutine[Any, Any, bytes]]:
-        """A handler forwarding ``method``, routed by the given string fields."""
+    def unary(self, method: str, name_field: int = 1, version_field: int = 2,
+              link_method: int = 0) -> Callable[[bytes, Context], Coroutine[Any, Any, bytes]]:
+        """A handler forwarding ``method``, routed by the given string fields.
+
+        With ``link_method``, replicas that offer a mesh link are called over it; others
+        over gRPC. A replica that is UNAVAILABLE is avoided for a while and, when the
+        model has another replica, the call is tried once more there.
+        """
         resolve = self.resolver.resolve
         choose = self.pool.choose
         eject_s = self.eject_s
@@ -46,25 +51,27 @@ class Forwarder:
             except MeshError as e:
                 await context.abort(e.code, e.message)
             conn = choose(replicas)
-            timeout = context.time_remaining()
             for attempt in (0, 1):
                 conn.inflight += 1
                 try:
-                    response: bytes = await conn.unary(method)(request, timeout=timeout)
+                    if link_method and conn.link_address:
+                        link = await conn.link()
+                        return await link.call(link_method, request, context.time_remaining())
+                    response: bytes = await conn.unary(method)(request, timeout=context.time_remaining())
                     return response
+                except MeshError as e:
+                    code, details = e.code, e.message
                 except grpc.aio.AioRpcError as e:
-                    code = e.code()
-                    if code is _UNAVAILABLE:
-                        conn.eject(eject_s)
-                        if attempt == 0 and len(replicas) > 1:
-                            timeout = context.time_remaining()
-                            conn = choose(replicas, exclude=conn)
-                            continue
-                        await context.abort(code, f"model {name!r} on {conn.replica.runtime_id} "
-                                                  f"({conn.address}) is unavailable: {e.details()}")
-                    await context.abort(code, e.details() or code.name)
+                    code, details = e.code(), e.details() or e.code().name
                 finally:
                     conn.inflight -= 1
+                if code is _UNAVAILABLE:
+                    conn.eject(eject_s)
+                    if attempt == 0 and len(replicas) > 1:
+                        conn = choose(replicas, exclude=conn)
+                        continue
+                    details = f"model {name!r} on {conn.replica.runtime_id} ({conn.address}) is unavailable: {details}"
+                await context.abort(code, details)
             raise AssertionError("unreachable")
 
         return handler

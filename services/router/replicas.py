@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from meshserve.grpcutil.server import channel_options
+from meshserve.link import LinkClient
 from meshserve.registry.cache import Replica
 
 log = logging.getLogger(__name__)
@@ -26,16 +27,32 @@ SERVICE = "/inference.GRPCInferenceService/"
 class Connection:
     """A channel to one replica and its per-method raw callables."""
 
-    __slots__ = ("_stream", "_unary", "address", "channel", "ejected_until", "inflight", "replica")
+    __slots__ = ("_link", "_link_lock", "_max_message_bytes", "_stream", "_unary", "address", "channel",
+                 "ejected_until", "inflight", "link_address", "replica")
 
-    def __init__(self, replica: Replica, options: list[tuple[str, Any]]) -> None:
+    def __init__(self, replica: Replica, options: list[tuple[str, Any]], max_message_bytes: int,
+                 use_link: bool) -> None:
         self.replica = replica
         self.address = replica.address
+        self.link_address = replica.link_address if use_link else ""
         self.channel = grpc.aio.insecure_channel(replica.address, options=options)
         self.inflight = 0
         self.ejected_until = 0.0
+        self._max_message_bytes = max_message_bytes
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self._stream: grpc.aio.StreamStreamMultiCallable[bytes, bytes] | None = None
+        self._link: LinkClient | None = None
+        self._link_lock = asyncio.Lock()
+
+    async def link(self) -> LinkClient:
+        """The open mesh-link connection to this replica, (re)connecting when needed."""
+        link = self._link
+        if link is not None and not link.closed:
+            return link
+        async with self._link_lock:
+            if self._link is None or self._link.closed:
+                self._link = await LinkClient.connect(self.link_address, self._max_message_bytes)
+            return self._link
 
     def unary(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
         call = self._unary.get(method)
@@ -52,20 +69,27 @@ class Connection:
     def eject(self, seconds: float) -> None:
         self.ejected_until = time.monotonic() + seconds
 
+    async def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+        await self.channel.close()
+
 
 class ConnectionPool:
     """Connections to every replica the registry lists, opened and closed as it changes."""
 
-    def __init__(self, max_message_bytes: int) -> None:
+    def __init__(self, max_message_bytes: int, use_link: bool = True) -> None:
         self._options = channel_options(max_message_bytes)
+        self._max_message_bytes = max_message_bytes
+        self._use_link = use_link
         self._by_address: dict[str, Connection] = {}
 
     def get(self, replica: Replica) -> Connection:
         conn = self._by_address.get(replica.address)
-        if conn is None or conn.replica.runtime_id != replica.runtime_id:
+        if conn is None or conn.replica != replica:
             if conn is not None:
                 self._close_later(conn)
-            conn = Connection(replica, self._options)
+            conn = Connection(replica, self._options, self._max_message_bytes, self._use_link)
             self._by_address[replica.address] = conn
         return conn
 
@@ -96,11 +120,11 @@ class ConnectionPool:
                 if conn.inflight == 0:
                     break
                 await asyncio.sleep(0.1)
-            await conn.channel.close()
+            await conn.close()
 
         with contextlib.suppress(RuntimeError):
             asyncio.get_running_loop().create_task(close())
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.channel.close() for c in self._by_address.values()), return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in self._by_address.values()), return_exceptions=True)
         self._by_address.clear()

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from meshserve.grpcutil.server import ServiceServer, write_announce_file
+from meshserve.link import MODEL_INFER
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.registry.v1 import registry_pb2_grpc
 from meshserve.registry.cache import RegistryCache
@@ -45,7 +46,7 @@ class Router:
 
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
-        self.pool = ConnectionPool(settings.max_message_bytes)
+        self.pool = ConnectionPool(settings.max_message_bytes, settings.use_link)
         self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed)
         resolver = Resolver(self.cache)
         self.forwarder = Forwarder(resolver, self.pool, settings.eject_s)
@@ -53,7 +54,7 @@ class Router:
         self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)
         fwd = self.forwarder
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-            "ModelInfer": _raw(fwd.unary("ModelInfer")),
+            "ModelInfer": _raw(fwd.unary("ModelInfer", link_method=MODEL_INFER)),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(fwd.stream_infer),
             "ModelConfig": _raw(fwd.unary("ModelConfig")),
             "ModelStatistics": _raw(fwd.unary("ModelStatistics")),

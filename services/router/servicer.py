@@ -116,7 +116,7 @@ class MeshServicer:
         check_model_name(name)
         wanted = {pb.MODEL_STATE_READY, pb.MODEL_STATE_LOADING, pb.MODEL_STATE_FAILED}
         targets = {
-            p.runtime_id: Replica(p.runtime_id, p.runtime_kind, p.address)
+            p.runtime_id: Replica(p.runtime_id, p.runtime_kind, p.address, p.link_address)
             for (model, _, _), p in self.cache.placements.items()
             if model == name and (loading or p.state in wanted)
         }

@@ -79,6 +79,7 @@ class Runtime(_message.Message):
     STARTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    LINK_ADDRESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: _builtins.str
     """"python", "r" or "triton"."""
@@ -87,6 +88,8 @@ class Runtime(_message.Message):
     started_at_unix_ms: _builtins.int
     version: _builtins.str
     """Version of the runtime software."""
+    link_address: _builtins.str
+    """host:port of the runtime's mesh link (framed ModelInfer for routers), "" when it has none."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -98,10 +101,11 @@ class Runtime(_message.Message):
         started_at_unix_ms: _builtins.int = ...,
         version: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        link_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "kind", b"kind", "labels", b"labels", "started_at_unix_ms", b"started_at_unix_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "kind", b"kind", "labels", b"labels", "link_address", b"link_address", "started_at_unix_ms", b"started_at_unix_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -124,6 +128,7 @@ class Placement(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     PLATFORM_FIELD_NUMBER: _builtins.int
     UPDATED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    LINK_ADDRESS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.str
     runtime_id: _builtins.str
@@ -134,6 +139,8 @@ class Placement(_message.Message):
     platform: _builtins.str
     """Framework or platform, as in ModelMetadataResponse.platform."""
     updated_at_unix_ms: _builtins.int
+    link_address: _builtins.str
+    """The runtime's mesh link address, copied from its Runtime record."""
     def __init__(
         self,
         *,
@@ -146,10 +153,11 @@ class Placement(_message.Message):
         reason: _builtins.str = ...,
         platform: _builtins.str = ...,
         updated_at_unix_ms: _builtins.int = ...,
+        link_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "model", b"model", "platform", b"platform", "reason", b"reason", "runtime_id", b"runtime_id", "runtime_kind", b"runtime_kind", "state", b"state", "updated_at_unix_ms", b"updated_at_unix_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "link_address", b"link_address", "model", b"model", "platform", b"platform", "reason", b"reason", "runtime_id", b"runtime_id", "runtime_kind", b"runtime_kind", "state", b"state", "updated_at_unix_ms", b"updated_at_unix_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,150 @@
+"""Router side of the mesh link: many concurrent calls over one connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+import grpc
+
+from meshserve.errors import DeadlineExceeded, Unavailable, error_for
+from meshserve.link import frames
+from meshserve.link.frames import FrameReader, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+class LinkClient(asyncio.Protocol):
+    """One connection to a runtime's link; create with :meth:`connect`."""
+
+    def __init__(self, address: str, max_message_bytes: int) -> None:
+        self.address = address
+        self._reader = FrameReader(max_message_bytes + frames.OVERHEAD, expect_magic=False)
+        self._pending: dict[int, asyncio.Future[bytes]] = {}
+        self._next_id = 0
+        self._transport: asyncio.Transport | None = None
+        self._writer: frames.FrameWriter | None = None
+        self._background: set[asyncio.Future[None]] = set()
+        self.closed = False
+        self._loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def connect(cls, address: str, max_message_bytes: int, connect_timeout_s: float = 2.0) -> LinkClient:
+        host, _, port = address.rpartition(":")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(connect_timeout_s):
+                _, client = await loop.create_connection(lambda: cls(address, max_message_bytes), host, int(port))
+        except (OSError, TimeoutError) as e:
+            raise Unavailable(f"cannot connect to the mesh link at {address}: {e or type(e).__name__}") from e
+        return client
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._writer = frames.FrameWriter(transport)
+        transport.write(frames.MAGIC)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            received = self._reader.feed(data)
+        except ProtocolError as e:
+            log.warning("mesh link to %s: %s; closing it", self.address, e)
+            assert self._transport is not None
+            self._transport.abort()
+            return
+        for frame in received:
+            future = self._pending.pop(frame.call_id, None)
+            if future is None or future.done():
+                continue  # the caller gave up already
+            if frame.kind == frames.RESPONSE:
+                future.set_result(frame.payload)
+            elif frame.kind == frames.ERROR and frame.payload:
+                code = _code(frame.payload[0])
+                future.set_exception(error_for(code, frame.payload[1:].decode(errors="replace")))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._writer is not None:
+            self._writer.resume()
+        why = f": {exc}" if exc else ""
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(Unavailable(f"mesh link to {self.address} closed{why}"))
+        self._pending.clear()
+
+    def pause_writing(self) -> None:
+        if self._writer is not None:
+            self._writer.pause()
+
+    def resume_writing(self) -> None:
+        if self._writer is not None:
+            self._writer.resume()
+
+    # -- calls -------------------------------------------------------------------------
+
+    async def call(self, method: int, payload: bytes, remaining_s: float | None = None,
+                   metadata: Mapping[str, str] | None = None) -> bytes:
+        """Send one request and wait for its response; errors come back as MeshError.
+
+        ``remaining_s`` is the caller's remaining deadline: the runtime gets it with the
+        request, and the call fails with DEADLINE_EXCEEDED (and is cancelled in the
+        runtime) when it runs out.
+        """
+        writer = self._writer
+        if self.closed or writer is None:
+            raise Unavailable(f"mesh link to {self.address} is closed")
+        self._next_id = call_id = (self._next_id + 1) & 0xFFFFFFFF
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        self._pending[call_id] = future
+        timeout_us = 0
+        timer = None
+        if remaining_s is not None:
+            if remaining_s <= 0:
+                self._pending.pop(call_id, None)
+                raise DeadlineExceeded("deadline exceeded before the call was forwarded")
+            timeout_us = min(int(remaining_s * 1e6), 0xFFFFFFFF)
+            timer = self._loop.call_later(remaining_s, _expire, future)
+        head = frames.header(call_id, frames.REQUEST, len(payload), method=method, timeout_us=timeout_us,
+                             metadata=frames.encode_metadata(metadata) if metadata else b"")
+        try:
+            if len(payload) >= frames.FrameReader.LARGE or not writer.write_small(head + payload):
+                try:
+                    await writer.send(head, payload)
+                except ConnectionError as e:
+                    raise Unavailable(f"mesh link to {self.address} closed: {e}") from e
+            return await future
+        except (asyncio.CancelledError, DeadlineExceeded):
+            self._cancel(call_id)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _cancel(self, call_id: int) -> None:
+        self._pending.pop(call_id, None)
+        if not self.closed and self._writer is not None:
+            cancel = frames.encode(call_id, frames.CANCEL)
+            if not self._writer.write_small(cancel):
+                task = asyncio.ensure_future(self._writer.send(cancel, b""))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    def close(self) -> None:
+        if self._transport is not None and not self.closed:
+            self._transport.close()
+
+
+def _expire(future: asyncio.Future[bytes]) -> None:
+    if not future.done():
+        future.set_exception(DeadlineExceeded("deadline exceeded while the runtime was working on the call"))
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _code(value: int) -> grpc.StatusCode:
+    return _CODES.get(value, grpc.StatusCode.UNKNOWN)

@@ -1,0 +1,110 @@
+"""Mesh link client and server over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from meshserve.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from meshserve.link import LinkClient, serve_link
+from meshserve.link.server import bound_address
+
+MiB = 1024 * 1024
+
+
+class Backend:
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.seen_metadata: dict[str, str] = {}
+
+    async def handle(self, method: int, payload: bytes, metadata: dict[str, str]) -> bytes:
+        self.seen_metadata = metadata
+        if payload == b"fail":
+            raise InvalidArgument("input 'x' has the wrong shape")
+        if payload == b"crash":
+            raise RuntimeError("boom")
+        if payload.startswith(b"sleep"):
+            try:
+                await asyncio.sleep(float(payload[5:]))
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        return payload[::-1]
+
+
+@pytest.fixture
+async def link() -> tuple[Backend, LinkClient, asyncio.Server]:
+    backend = Backend()
+    server = await serve_link("127.0.0.1", 0, backend.handle, 8 * MiB)
+    client = await LinkClient.connect(bound_address(server, "127.0.0.1"), 8 * MiB)
+    yield backend, client, server
+    client.close()
+    server.close()
+
+
+async def test_concurrent_calls_get_their_own_answers(link: tuple[Backend, LinkClient, asyncio.Server]) -> None:
+    _, client, _ = link
+    payloads = [f"call {i}".encode() for i in range(200)]
+    answers = await asyncio.gather(*(client.call(1, p) for p in payloads))
+    assert answers == [p[::-1] for p in payloads]
+
+
+async def test_large_payload_round_trip(link: tuple[Backend, LinkClient, asyncio.Server]) -> None:
+    _, client, _ = link
+    payload = bytes(range(256)) * (4 * MiB // 256)
+    assert await client.call(1, payload) == payload[::-1]
+
+
+async def test_errors_keep_their_status_and_message(link: tuple[Backend, LinkClient, asyncio.Server]) -> None:
+    _, client, _ = link
+    with pytest.raises(InvalidArgument, match="wrong shape"):
+        await client.call(1, b"fail")
+    with pytest.raises(Exception, match="internal error: RuntimeError: boom"):
+        await client.call(1, b"crash")
+    assert await client.call(1, b"ok") == b"ko"  # the connection survives both
+
+
+async def test_metadata_reaches_the_handler(link: tuple[Backend, LinkClient, asyncio.Server]) -> None:
+    backend, client, _ = link
+    await client.call(1, b"x", metadata={"x-request-id": "abc", "authorization": "Bearer k"})
+    assert backend.seen_metadata == {"x-request-id": "abc", "authorization": "Bearer k"}
+
+
+async def test_deadline_ends_the_call_and_the_work(link: tuple[Backend, LinkClient, asyncio.Server]) -> None:
+    backend, client, _ = link
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded):
+        await client.call(1, b"sleep5", remaining_s=0.2)
+    assert time.monotonic() - started < 1.0
+    await asyncio.wait_for(backend.cancelled.wait(), 2.0)
+
+
+async def test_cancelling_the_caller_cancels_the_work(link: tuple[Backend, LinkClient, asyncio.Server]) -> None:
+    backend, client, _ = link
+    task = asyncio.create_task(client.call(1, b"sleep5"))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(backend.cancelled.wait(), 2.0)
+
+
+async def test_calls_in_flight_fail_unavailable_when_the_peer_dies() -> None:
+    async def accept_then_die(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(64)  # the magic and a request arrive; then the "runtime" is gone
+        writer.transport.abort()
+
+    server = await asyncio.start_server(accept_then_die, "127.0.0.1", 0)
+    client = await LinkClient.connect(bound_address(server, "127.0.0.1"), MiB)
+    with pytest.raises(Unavailable, match="closed"):
+        await asyncio.wait_for(client.call(1, b"hello"), 2.0)
+    with pytest.raises(Unavailable):
+        await client.call(1, b"again")
+    server.close()
+
+
+async def test_connecting_to_nothing_is_unavailable() -> None:
+    with pytest.raises(Unavailable, match="cannot connect"):
+        await LinkClient.connect("127.0.0.1:1", MiB)
