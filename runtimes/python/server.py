@@ -10,16 +10,17 @@ from collections.abc import Sequence
 
 import meshserve
 from meshserve.errors import NotFound
+from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer, write_announce_file
 from meshserve.link.server import bound_address, serve_link
-from meshserve.protos.inference import grpc_service_pb2_grpc as pb_grpc
+from meshserve.protos.inference import grpc_service_pb2 as pb
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as reg_pb
 from meshserve.registry.registration import Registration, now_ms
 from meshserve.settings import load_settings, setup_logging
 
 from .handlers import DataPlane
 from .repository import ModelEntry, ModelRepository, State
-from .servicer import InferenceServicer
+from .servicer import RAW_REQUEST_METHODS, InferenceServicer
 from .settings import PythonRuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ class PythonRuntime:
         self.dataplane = DataPlane(self.repository, settings.predict_threads)
         self.servicer = InferenceServicer(self.dataplane)
         self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server.server)
+        add_service(self.server.server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self.servicer,
+                    raw=RAW_REQUEST_METHODS)
         self.register = register
         self.registration: Registration | None = None
         self.link: asyncio.Server | None = None

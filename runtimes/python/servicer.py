@@ -14,7 +14,6 @@ from meshserve.errors import InvalidArgument, MeshError, Unimplemented, grpc_err
 from meshserve.link import MODEL_INFER
 from meshserve.oip.codec import decode_inputs, encode_response
 from meshserve.protos.inference import grpc_service_pb2 as pb
-from meshserve.protos.inference import grpc_service_pb2_grpc as pb_grpc
 
 from .handlers import DataPlane
 from .manifest import TensorSpec
@@ -43,7 +42,18 @@ def _version_parameter(parameters: Any) -> str:
     raise InvalidArgument("parameter 'version' must be a string or an integer")
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+def _parse_infer_request(data: bytes) -> pb.ModelInferRequest:
+    try:
+        return pb.ModelInferRequest.FromString(data)
+    except DecodeError as e:
+        raise InvalidArgument("request is not a valid ModelInferRequest protobuf message") from e
+
+
+# Methods whose requests arrive as bytes, parsed by the servicer (see add_service).
+RAW_REQUEST_METHODS = ("ModelInfer", "ModelStreamInfer")
+
+
+class InferenceServicer:
     """inference.GRPCInferenceService over a :class:`DataPlane`."""
 
     def __init__(self, dataplane: DataPlane) -> None:
@@ -63,11 +73,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Calls arriving over the mesh link: the same ModelInfer, framed instead of gRPC."""
         if method != MODEL_INFER:
             raise Unimplemented(f"mesh link method {method} is not served by this runtime")
-        try:
-            request = pb.ModelInferRequest.FromString(payload)
-        except DecodeError as e:
-            raise InvalidArgument("request is not a valid ModelInferRequest") from e
-        return (await self.infer(request)).SerializeToString()
+        return (await self.infer(_parse_infer_request(payload))).SerializeToString()
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -95,15 +101,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     @grpc_errors
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> pb.ModelInferResponse:
-        return await self.infer(request)
+    async def ModelInfer(self, request: bytes, context: Context) -> pb.ModelInferResponse:
+        return await self.infer(_parse_infer_request(request))
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
+        self, request_iterator: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        async for request in request_iterator:
+        async for data in request_iterator:
             try:
-                response = await self.infer(request)
+                response = await self.infer(_parse_infer_request(data))
             except MeshError as e:
                 yield pb.ModelStreamInferResponse(error_message=e.message)
             except Exception as e:  # one bad request must not end the stream
