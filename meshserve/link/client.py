@@ -15,7 +15,7 @@ from meshserve.link.frames import FrameReader, ProtocolError
 log = logging.getLogger(__name__)
 
 
-class LinkClient(asyncio.Protocol):
+class LinkClient(frames.FramedProtocol):
     """One connection to a runtime's link; create with :meth:`connect`."""
 
     def __init__(self, address: str, max_message_bytes: int) -> None:
@@ -75,14 +75,6 @@ class LinkClient(asyncio.Protocol):
             if not future.done():
                 future.set_exception(Unavailable(f"mesh link to {self.address} closed{why}"))
         self._pending.clear()
-
-    def pause_writing(self) -> None:
-        if self._writer is not None:
-            self._writer.pause()
-
-    def resume_writing(self) -> None:
-        if self._writer is not None:
-            self._writer.resume()
 
     # -- calls -------------------------------------------------------------------------
 

@@ -186,3 +186,17 @@ class FrameReader:
 def _frame(header: tuple[int, int, int, int, int, int], body: bytes | bytearray) -> Frame:
     _, call_id, kind, method, meta_length, timeout_us = header
     return Frame(call_id, kind, method, timeout_us, bytes(body[:meta_length]), bytes(body[meta_length:]))
+
+
+class FramedProtocol(asyncio.Protocol):
+    """Flow control shared by both ends of a link: pauses and resumes the frame writer."""
+
+    _writer: FrameWriter | None = None
+
+    def pause_writing(self) -> None:
+        if self._writer is not None:
+            self._writer.pause()
+
+    def resume_writing(self) -> None:
+        if self._writer is not None:
+            self._writer.resume()

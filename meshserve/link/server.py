@@ -22,7 +22,7 @@ def _error(call_id: int, code: grpc.StatusCode, message: str) -> bytes:
     return frames.encode(call_id, frames.ERROR, bytes([code.value[0]]) + message.encode())
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(frames.FramedProtocol):
     def __init__(self, handler: LinkHandler, max_length: int) -> None:
         self._handler = handler
         self._reader = FrameReader(max_length, expect_magic=True)
@@ -34,14 +34,6 @@ class _Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._writer = frames.FrameWriter(transport)
-
-    def pause_writing(self) -> None:
-        if self._writer is not None:
-            self._writer.pause()
-
-    def resume_writing(self) -> None:
-        if self._writer is not None:
-            self._writer.resume()
 
     def data_received(self, data: bytes) -> None:
         try:

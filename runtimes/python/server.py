@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Sequence
 
 import meshserve
 from meshserve.errors import NotFound
 from meshserve.grpcutil.handlers import add_service
-from meshserve.grpcutil.server import ServiceServer, write_announce_file
+from meshserve.grpcutil.server import ServiceServer
+from meshserve.lifecycle import run_until_signalled
 from meshserve.link.server import bound_address, serve_link
 from meshserve.protos.inference import grpc_service_pb2 as pb
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as reg_pb
@@ -103,6 +103,9 @@ class PythonRuntime:
         log.info("python runtime %s serving %s on %s", self.runtime_id, self.settings.model_repository,
                  self.address)
 
+    def announcement(self) -> dict[str, str]:
+        return {"address": self.address, "runtime_id": self.runtime_id, "link_address": self.link_address}
+
     async def stop(self, grace: float = 2.0) -> None:
         """Leave the registry at once, finish calls in flight, unload every model."""
         self.dataplane.ready = False
@@ -123,18 +126,7 @@ def create_server(settings: PythonRuntimeSettings, *, register: bool = True) -> 
 async def serve(settings: PythonRuntimeSettings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     runtime = create_server(settings)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    try:
-        await runtime.start()
-        write_announce_file(settings.announce_file, address=runtime.address, runtime_id=runtime.runtime_id,
-                            link_address=runtime.link_address)
-        await stopping.wait()
-        log.info("stopping python runtime %s", runtime.runtime_id)
-    finally:
-        await runtime.stop()
+    await run_until_signalled(runtime, f"python runtime {runtime.runtime_id}", settings.announce_file)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from typing import Any
 
 import grpc
 
-from meshserve.grpcutil.server import ServiceServer, write_announce_file
+from meshserve.grpcutil.server import ServiceServer
+from meshserve.lifecycle import run_until_signalled
 from meshserve.link import MODEL_INFER
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.registry.v1 import registry_pb2_grpc
@@ -77,13 +76,15 @@ class Router:
     def _registry_changed(self, _models: set[str]) -> None:
         self.pool.retain({p.address for p in self.cache.placements.values()})
 
-    async def start(self) -> str:
-        """Load the registry, then listen; returns the bound address."""
+    async def start(self) -> None:
+        """Load the registry, then listen on the configured port (see :attr:`address`)."""
         await self.cache.start(wait=self.settings.etcd_wait_s)
         address = self.grpc.bind(self.settings.host, self.settings.port)
         await self.grpc.start()
         log.info("router serving the inference protocol on %s (etcd %s)", address, self.settings.etcd_endpoint)
-        return address
+
+    def announcement(self) -> dict[str, str]:
+        return {"address": self.address}
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.grpc.stop(grace)
@@ -96,19 +97,8 @@ def create_server(settings: RouterSettings) -> Router:
 
 
 async def serve(settings: RouterSettings) -> None:
-    router = create_server(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        address = await router.start()
-        write_announce_file(settings.announce_file, address=address)
-        await stop.wait()
-        log.info("router stopping")
-    finally:
-        with contextlib.suppress(Exception):
-            await router.stop()
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    await run_until_signalled(create_server(settings), "router", settings.announce_file)
 
 
 def main(argv: list[str] | None = None) -> None:
