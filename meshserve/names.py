@@ -42,4 +42,4 @@ def check_version(version: str) -> str:
 
 def version_sort_key(version: str) -> tuple[int, int, str]:
     """Order versions numerically when they are numbers, then by name."""
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+    return (0, int(version), "") if version.isascii() and version.isdigit() else (1, 0, version)

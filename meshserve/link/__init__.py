@@ -10,6 +10,6 @@ small fraction of that. Runtimes without a link (Triton) are called over gRPC.
 
 from meshserve.link.client import LinkClient
 from meshserve.link.frames import MODEL_INFER
-from meshserve.link.server import LinkHandler, serve_link
+from meshserve.link.server import LinkHandler, LinkServer, serve_link
 
-__all__ = ["MODEL_INFER", "LinkClient", "LinkHandler", "serve_link"]
+__all__ = ["MODEL_INFER", "LinkClient", "LinkHandler", "LinkServer", "serve_link"]

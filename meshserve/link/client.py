@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import grpc
 
-from meshserve.errors import DeadlineExceeded, Unavailable, error_for
+from meshserve.errors import DeadlineExceeded, Internal, Unavailable, error_for
 from meshserve.link import frames
 from meshserve.link.frames import FrameReader, ProtocolError
 
@@ -25,7 +25,6 @@ class LinkClient(frames.FramedProtocol):
         self._next_id = 0
         self._transport: asyncio.Transport | None = None
         self._writer: frames.FrameWriter | None = None
-        self._background: set[asyncio.Future[None]] = set()
         self.closed = False
         self._loop = asyncio.get_running_loop()
 
@@ -65,11 +64,13 @@ class LinkClient(frames.FramedProtocol):
             elif frame.kind == frames.ERROR and frame.payload:
                 code = _code(frame.payload[0])
                 future.set_exception(error_for(code, frame.payload[1:].decode(errors="replace")))
+            else:
+                future.set_exception(Internal(f"mesh link to {self.address} answered with a malformed frame"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._writer is not None:
-            self._writer.resume()
+            self._writer.close()
         why = f": {exc}" if exc else ""
         for future in self._pending.values():
             if not future.done():
@@ -102,12 +103,8 @@ class LinkClient(frames.FramedProtocol):
             timer = self._loop.call_later(remaining_s, _expire, future)
         head = frames.header(call_id, frames.REQUEST, len(payload), method=method, timeout_us=timeout_us,
                              metadata=frames.encode_metadata(metadata) if metadata else b"")
+        writer.send(head, payload)
         try:
-            if len(payload) >= frames.FrameReader.LARGE or not writer.write_small(head + payload):
-                try:
-                    await writer.send(head, payload)
-                except ConnectionError as e:
-                    raise Unavailable(f"mesh link to {self.address} closed: {e}") from e
             return await future
         except (asyncio.CancelledError, DeadlineExceeded):
             self._cancel(call_id)
@@ -119,15 +116,12 @@ class LinkClient(frames.FramedProtocol):
     def _cancel(self, call_id: int) -> None:
         self._pending.pop(call_id, None)
         if not self.closed and self._writer is not None:
-            cancel = frames.encode(call_id, frames.CANCEL)
-            if not self._writer.write_small(cancel):
-                task = asyncio.ensure_future(self._writer.send(cancel, b""))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            self._writer.send(frames.encode(call_id, frames.CANCEL))
 
     def close(self) -> None:
+        """Drop the connection now; calls in flight fail with UNAVAILABLE."""
         if self._transport is not None and not self.closed:
-            self._transport.close()
+            self._transport.abort()
 
 
 def _expire(future: asyncio.Future[bytes]) -> None:

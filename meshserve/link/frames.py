@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from asyncio import WriteTransport
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -68,11 +69,13 @@ def decode_metadata(raw: bytes) -> dict[str, str]:
 
 
 class FrameWriter:
-    """Writes whole frames to one connection, large payloads in flow-controlled chunks.
+    """Writes whole frames to one connection, in order, never half a frame.
 
-    Handing asyncio a multi-megabyte buffer makes it move the unsent rest on every
-    partial send; writing chunks as the socket drains keeps that cost linear. Large
-    writes hold a lock so that no other frame lands in the middle of one.
+    Small frames go straight to the transport. A large payload is queued and written by
+    one background task in 256 KiB chunks as the socket drains: handing asyncio a
+    multi-megabyte buffer makes it move the unsent rest on every partial send. While that
+    task runs, later frames queue behind it, so frames never interleave. Callers never
+    wait here, so a caller's cancellation cannot stop a frame half way.
     """
 
     CHUNK = 256 * 1024
@@ -81,7 +84,8 @@ class FrameWriter:
         self.transport = transport
         self._can_write = asyncio.Event()
         self._can_write.set()
-        self._lock = asyncio.Lock()
+        self._queue: deque[tuple[bytes, bytes]] = deque()
+        self._drainer: asyncio.Task[None] | None = None
 
     def pause(self) -> None:
         self._can_write.clear()
@@ -89,25 +93,41 @@ class FrameWriter:
     def resume(self) -> None:
         self._can_write.set()
 
-    def write_small(self, data: bytes) -> bool:
-        """Write a small frame now if no large one is in progress; False means use :meth:`send`."""
-        if self._lock.locked():
-            return False
-        self.transport.write(data)
-        return True
-
-    async def send(self, head: bytes, payload: bytes) -> None:
-        if len(payload) < FrameReader.LARGE and self.write_small(head + payload):
+    def send(self, head: bytes, payload: bytes = b"") -> None:
+        """Write a frame (its header and metadata in ``head``), now or after those queued."""
+        if self._drainer is None and len(payload) < FrameReader.LARGE:
+            self.transport.write(head + payload)
             return
-        async with self._lock:
-            self.transport.write(head)
-            view = memoryview(payload)
-            for offset in range(0, len(view), self.CHUNK):
-                if not self._can_write.is_set():
-                    await self._can_write.wait()
-                if self.transport.is_closing():
-                    raise ConnectionError("mesh link connection closed while sending")
-                self.transport.write(view[offset:offset + self.CHUNK])
+        self._queue.append((head, payload))
+        if self._drainer is None:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                head, payload = self._queue.popleft()
+                self.transport.write(head)
+                view = memoryview(payload)
+                for offset in range(0, len(view), self.CHUNK):
+                    if not self._can_write.is_set():
+                        await self._can_write.wait()
+                    if self.transport.is_closing():
+                        self._queue.clear()
+                        return
+                    self.transport.write(view[offset:offset + self.CHUNK])
+        except BaseException:
+            # Half a frame may be out: the stream cannot be resynchronised.
+            self.transport.abort()
+            raise
+        finally:
+            self._drainer = None
+
+    def close(self) -> None:
+        """The connection is gone: drop what is queued."""
+        self._queue.clear()
+        self._can_write.set()
+        if self._drainer is not None:
+            self._drainer.cancel()
 
 
 class FrameReader:

@@ -23,25 +23,26 @@ def _error(call_id: int, code: grpc.StatusCode, message: str) -> bytes:
 
 
 class _Connection(frames.FramedProtocol):
-    def __init__(self, handler: LinkHandler, max_length: int) -> None:
+    def __init__(self, handler: LinkHandler, max_length: int, connections: set[_Connection]) -> None:
         self._handler = handler
         self._reader = FrameReader(max_length, expect_magic=True)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._transport: asyncio.Transport | None = None
         self._writer: frames.FrameWriter | None = None
+        self._connections = connections
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._writer = frames.FrameWriter(transport)
+        self._connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         try:
             received = self._reader.feed(data)
         except ProtocolError as e:
             log.warning("closing a mesh link connection: %s", e)
-            assert self._transport is not None
-            self._transport.abort()
+            self.abort()
             return
         for frame in received:
             if frame.kind == frames.REQUEST:
@@ -52,24 +53,26 @@ class _Connection(frames.FramedProtocol):
                     task.cancel()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        if self._writer is not None:
+            self._writer.close()
         for task in self._tasks.values():
             task.cancel()
         self._tasks.clear()
 
-    async def _send(self, head: bytes, payload: bytes = b"") -> None:
-        if self._writer is not None and not self._writer.transport.is_closing():
-            await self._writer.send(head, payload)
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
     async def _run(self, frame: Frame) -> None:
-        call_id = frame.call_id
         try:
-            answer = await self._answer(frame)
-            if answer is not None:
-                await self._send(*answer)
-        except (ConnectionError, asyncio.CancelledError):
-            pass  # the router went away or cancelled the call: nobody waits for an answer
+            head, payload = await self._answer(frame)
+        except asyncio.CancelledError:
+            return  # the router cancelled the call or went away: nobody waits for an answer
         finally:
-            self._tasks.pop(call_id, None)
+            self._tasks.pop(frame.call_id, None)
+        if self._writer is not None and not self._writer.transport.is_closing():
+            self._writer.send(head, payload)
 
     async def _answer(self, frame: Frame) -> tuple[bytes, bytes]:
         """The frame to send back: the response, or the error the call ended with."""
@@ -91,12 +94,26 @@ class _Connection(frames.FramedProtocol):
         return frames.header(call_id, frames.RESPONSE, len(response)), response
 
 
-async def serve_link(host: str, port: int, handler: LinkHandler, max_message_bytes: int) -> asyncio.Server:
-    """Listen for mesh-link connections; the bound port is ``server.sockets[0].getsockname()[1]``."""
+class LinkServer:
+    """A listening mesh link and the connections it accepted."""
+
+    def __init__(self, server: asyncio.Server, host: str, connections: set[_Connection]) -> None:
+        self._server = server
+        self._connections = connections
+        self.address = f"{host}:{server.sockets[0].getsockname()[1]}"
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection (their calls in flight are cancelled)."""
+        self._server.close()
+        for connection in list(self._connections):
+            connection.abort()
+        await self._server.wait_closed()
+
+
+async def serve_link(host: str, port: int, handler: LinkHandler, max_message_bytes: int) -> LinkServer:
+    """Listen for mesh-link connections on host:port (0 picks a free port, see ``.address``)."""
     loop = asyncio.get_running_loop()
     max_length = max_message_bytes + frames.OVERHEAD
-    return await loop.create_server(lambda: _Connection(handler, max_length), host, port)
-
-
-def bound_address(server: asyncio.Server, host: str) -> str:
-    return f"{host}:{server.sockets[0].getsockname()[1]}"
+    connections: set[_Connection] = set()
+    server = await loop.create_server(lambda: _Connection(handler, max_length, connections), host, port)
+    return LinkServer(server, host, connections)

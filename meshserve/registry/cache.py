@@ -154,20 +154,19 @@ class RegistryCache:
             self._on_change(names)
 
     async def _watch_forever(self) -> None:
+        """Follow the registry for as long as the router lives; nothing may end this loop."""
         assert self._client is not None
         delay = 0.1
+        reopening = False
         while True:
             try:
+                if reopening:
+                    await self._check_history()
                 watch = await self._client.watch_prefix(keys.ROOT.encode(), start_revision=self.revision + 1)
                 self.connected = True
                 delay = 0.1
                 async for event in watch:
-                    changed = (self._put if event.kind == "PUT" else self._delete_event)(
-                        event.kv.key, event.kv.value
-                    )
-                    self.revision = max(self.revision, event.kv.mod_revision)
-                    if changed is not None:
-                        self._rebuild({changed})
+                    self._apply(event)
             except aetcd.RevisionCompactedError:
                 log.warning("registry revision %d was compacted: reloading a snapshot", self.revision)
                 await self._resync()
@@ -177,20 +176,34 @@ class RegistryCache:
                 self.connected = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-                await self._check_history()
+            except Exception:
+                log.exception("registry watch failed; serving from cache and reopening it")
+                self.connected = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            reopening = True
 
-    def _delete_event(self, key: bytes, _value: bytes) -> str | None:
-        return self._delete(key)
+    def _apply(self, event: aetcd.rtypes.Event) -> None:
+        try:
+            changed = self._put(event.kv.key, event.kv.value) if event.kind == "PUT" else self._delete(event.kv.key)
+            if changed is not None:
+                self._rebuild({changed})
+        except Exception:
+            log.exception("skipping registry event for key %r", event.kv.key)
+        self.revision = max(self.revision, event.kv.mod_revision)
 
     async def _check_history(self) -> None:
-        """Reload a snapshot if etcd came back with a history older than ours."""
+        """Before re-opening the watch: reload a snapshot if etcd's history went backwards.
+
+        A watch opened past etcd's current revision would stay silent, so this check
+        must succeed (it raises when etcd does not answer) before any watch is opened.
+        """
         assert self._client is not None
-        with contextlib.suppress(aetcd.ClientError):
-            probe = await self._client.get_prefix(keys.ROOT.encode() + b"\x00", keys_only=True)
-            if probe.header.revision < self.revision:
-                log.warning("etcd history went back from %d to %d: reloading a snapshot",
-                            self.revision, probe.header.revision)
-                await self._resync()
+        probe = await self._client.get_prefix(keys.ROOT.encode() + b"\x00", keys_only=True)
+        if probe.header.revision < self.revision:
+            log.warning("etcd history went back from %d to %d: reloading a snapshot",
+                        self.revision, probe.header.revision)
+            await self._load_snapshot()
 
     async def _resync(self) -> None:
         with contextlib.suppress(aetcd.ClientError):

@@ -15,9 +15,13 @@ def placement_key(model: str, version: str, runtime_id: str) -> bytes:
     return f"{PLACEMENTS}{model}/{version}/{runtime_id}".encode()
 
 
+def _text(key: bytes) -> str:
+    return key.decode(errors="replace")
+
+
 def parse_placement_key(key: bytes) -> tuple[str, str, str] | None:
     """Return (model, version, runtime id) of a placement key, or None for other keys."""
-    text = key.decode()
+    text = _text(key)
     if not text.startswith(PLACEMENTS):
         return None
     parts = text[len(PLACEMENTS):].split("/")
@@ -25,5 +29,5 @@ def parse_placement_key(key: bytes) -> tuple[str, str, str] | None:
 
 
 def parse_runtime_key(key: bytes) -> str | None:
-    text = key.decode()
+    text = _text(key)
     return text[len(RUNTIMES):] if text.startswith(RUNTIMES) else None

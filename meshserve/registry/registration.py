@@ -39,6 +39,8 @@ class Registration:
         self._placements: dict[tuple[str, str], pb.Placement] = {}
         self._keeper: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        # A write failed: the keep-alive task puts everything back once etcd answers.
+        self._dirty = False
 
     async def start(self, *, wait: float = 10.0) -> None:
         self._client = await connect(self.endpoint, wait=wait)
@@ -49,7 +51,10 @@ class Registration:
                  self.runtime.id, self.runtime.kind, self.runtime.address, self.endpoint, self.ttl)
 
     async def publish(self, placement: pb.Placement) -> None:
-        """Write (or overwrite) one placement of this runtime."""
+        """Write (or overwrite) one placement of this runtime.
+
+        If etcd does not take it now, the keep-alive task writes it once etcd answers.
+        """
         placement.runtime_id = self.runtime.id
         placement.runtime_kind = self.runtime.kind
         placement.address = self.runtime.address
@@ -58,15 +63,19 @@ class Registration:
         async with self._lock:
             self._placements[(placement.model, placement.version)] = placement
             if self._client is not None and self._lease is not None:
-                with contextlib.suppress(aetcd.ClientError):
-                    await self._put_placement(placement)
+                try:
+                    await self._put_placement(self._lease, placement)
+                except (aetcd.ClientError, TimeoutError):
+                    self._dirty = True
 
     async def withdraw(self, model: str, version: str) -> None:
         async with self._lock:
             self._placements.pop((model, version), None)
             if self._client is not None:
-                with contextlib.suppress(aetcd.ClientError):
+                try:
                     await self._client.delete(keys.placement_key(model, version, self.runtime.id))
+                except (aetcd.ClientError, TimeoutError):
+                    self._dirty = True
 
     async def stop(self) -> None:
         if self._keeper is not None:
@@ -80,31 +89,64 @@ class Registration:
             await self._client.close()
             self._client = None
 
-    async def _put_placement(self, placement: pb.Placement) -> None:
-        assert self._client is not None and self._lease is not None
+    def _expected(self) -> dict[bytes, bytes]:
+        """Every key this runtime should have in etcd, with its value."""
+        records = {keys.runtime_key(self.runtime.id): self.runtime.SerializeToString()}
+        for (model, version), placement in self._placements.items():
+            records[keys.placement_key(model, version, self.runtime.id)] = placement.SerializeToString()
+        return records
+
+    async def _put_placement(self, lease: aetcd.Lease, placement: pb.Placement) -> None:
+        assert self._client is not None
         key = keys.placement_key(placement.model, placement.version, self.runtime.id)
-        await self._client.put(key, placement.SerializeToString(), lease=self._lease)
+        await self._client.put(key, placement.SerializeToString(), lease=lease)
 
     async def _register_all(self) -> None:
+        """Write every record under a new lease; the lease is ours only once all are written."""
         assert self._client is not None
-        self._lease = await self._client.lease(self.ttl)
-        await self._client.put(
-            keys.runtime_key(self.runtime.id), self.runtime.SerializeToString(), lease=self._lease
-        )
-        for placement in self._placements.values():
-            await self._put_placement(placement)
+        lease = await self._client.lease(self.ttl)
+        try:
+            for key, value in self._expected().items():
+                await self._client.put(key, value, lease=lease)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await lease.revoke()
+            raise
+        self._lease = lease
+        self._dirty = False
+
+    async def _reconcile(self) -> None:
+        """After a failed write: put every record again and delete what should be gone."""
+        assert self._client is not None and self._lease is not None
+        expected = self._expected()
+        info = await self._client.get_lease_info(self._lease.id, keys=True)
+        for key in info.keys:
+            if key not in expected:
+                await self._client.delete(key)
+        for key, value in expected.items():
+            await self._client.put(key, value, lease=self._lease)
+        self._dirty = False
 
     async def _keep_alive(self) -> None:
-        assert self._client is not None
         interval = max(self.ttl / 3, 0.2)
         while True:
             await asyncio.sleep(interval)
             try:
                 async with self._lock:
-                    assert self._lease is not None
-                    reply = await asyncio.wait_for(self._lease.refresh(), interval * 2)
-                    if reply is None or reply.TTL <= 0:
-                        log.warning("lease of runtime %s expired: registering again", self.runtime.id)
-                        await self._register_all()
-            except (TimeoutError, aetcd.ClientError) as e:
+                    await self._refresh(interval * 2)
+            except (aetcd.ClientError, TimeoutError) as e:
                 log.warning("etcd at %s unreachable, keeping the last registration: %s", self.endpoint, e)
+            except Exception:
+                log.exception("registry keep-alive of runtime %s failed; retrying", self.runtime.id)
+
+    async def _refresh(self, timeout_s: float) -> None:
+        if self._lease is None:
+            await self._register_all()
+            return
+        reply = await asyncio.wait_for(self._lease.refresh(), timeout_s)
+        if reply is None or reply.TTL <= 0:
+            log.warning("lease of runtime %s expired: registering again", self.runtime.id)
+            self._lease = None
+            await self._register_all()
+        elif self._dirty:
+            await self._reconcile()

@@ -12,7 +12,7 @@ from meshserve.errors import NotFound
 from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
-from meshserve.link.server import bound_address, serve_link
+from meshserve.link.server import LinkServer, serve_link
 from meshserve.protos.inference import grpc_service_pb2 as pb
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as reg_pb
 from meshserve.registry.registration import Registration, now_ms
@@ -55,7 +55,7 @@ class PythonRuntime:
                     raw=RAW_REQUEST_METHODS)
         self.register = register
         self.registration: Registration | None = None
-        self.link: asyncio.Server | None = None
+        self.link: LinkServer | None = None
         self.link_address = ""
 
     @property
@@ -86,7 +86,7 @@ class PythonRuntime:
         if self.settings.link_port >= 0:
             self.link = await serve_link(self.settings.host, self.settings.link_port, self.servicer.link_handler,
                                          self.settings.max_message_bytes)
-            self.link_address = bound_address(self.link, self.settings.host)
+            self.link_address = self.link.address
         if self.register:
             runtime = reg_pb.Runtime(
                 id=self.settings.runtime_id, kind=RUNTIME_KIND, address=self.address,
@@ -112,9 +112,9 @@ class PythonRuntime:
         if self.registration is not None:
             await self.registration.stop()
             self.registration = None
-        if self.link is not None:
-            self.link.close()
         await self.server.stop(grace)
+        if self.link is not None:
+            await self.link.close()
         await self.dataplane.close()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -22,6 +23,27 @@ log = logging.getLogger(__name__)
 
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+STREAM_BUFFER = 64
+
+
+# Metadata gRPC sets itself, never passed on to a runtime.
+_TRANSPORT_KEYS = frozenset(("user-agent", "content-type", "te", "host", "grpc-timeout", "grpc-encoding",
+                             "grpc-accept-encoding"))
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+def forwarded_metadata(context: Context) -> Metadata:
+    """The caller's metadata (identity, trace context, ...) to send on with the call."""
+    return tuple(
+        (m.key, m.value) for m in context.invocation_metadata() or ()
+        if m.key not in _TRANSPORT_KEYS and not m.key.startswith(":")
+    )
+
+
+def link_metadata(metadata: Metadata) -> dict[str, str]:
+    """Text metadata for the mesh link (binary ``-bin`` entries travel base64-encoded)."""
+    return {k: v if isinstance(v, str) else base64.b64encode(v).decode() for k, v in metadata}
 
 
 class Forwarder:
@@ -51,13 +73,18 @@ class Forwarder:
             except MeshError as e:
                 await context.abort(e.code, e.message)
             conn = choose(replicas)
+            metadata = forwarded_metadata(context)
             for attempt in (0, 1):
                 conn.inflight += 1
                 try:
                     if link_method and conn.link_address:
-                        link = await conn.link()
-                        return await link.call(link_method, request, context.time_remaining())
-                    response: bytes = await conn.unary(method)(request, timeout=context.time_remaining())
+                        link = await conn.link(context.time_remaining())
+                        if link is not None:
+                            return await link.call(link_method, request, context.time_remaining(),
+                                                   link_metadata(metadata))
+                    response: bytes = await conn.unary(method)(
+                        request, timeout=context.time_remaining(), metadata=metadata
+                    )
                     return response
                 except MeshError as e:
                     code, details = e.code, e.message
@@ -83,10 +110,12 @@ class Forwarder:
         responses are merged back in the order each replica sends them. A request that
         cannot be routed gets an error response, and the stream goes on.
         """
-        out: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        # Bounded: a slow reader holds back the runtimes instead of filling the router's memory.
+        out: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=STREAM_BUFFER)
         upstreams: dict[str, grpc.aio.StreamStreamCall[bytes, bytes]] = {}
         pumps: list[asyncio.Task[None]] = []
         timeout = context.time_remaining()
+        metadata = forwarded_metadata(context)
 
         async def pump(conn: Connection, call: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
             try:
@@ -110,7 +139,7 @@ class Forwarder:
                     conn = self.pool.get(sticky) if sticky else self.pool.choose(replicas)
                     call = upstreams.get(conn.address)
                     if call is None:
-                        call = conn.stream()(timeout=timeout)
+                        call = conn.stream()(timeout=timeout, metadata=metadata)
                         upstreams[conn.address] = call
                         conn.inflight += 1
                         pumps.append(asyncio.create_task(pump(conn, call)))

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from meshserve.errors import Unavailable
 from meshserve.grpcutil.server import channel_options
 from meshserve.link import LinkClient
 from meshserve.registry.cache import Replica
@@ -22,13 +23,15 @@ from meshserve.registry.cache import Replica
 log = logging.getLogger(__name__)
 
 SERVICE = "/inference.GRPCInferenceService/"
+LINK_CONNECT_S = 2.0
+LINK_RETRY_S = 1.0
 
 
 class Connection:
     """A channel to one replica and its per-method raw callables."""
 
-    __slots__ = ("_link", "_link_lock", "_max_message_bytes", "_stream", "_unary", "address", "channel",
-                 "ejected_until", "inflight", "link_address", "replica")
+    __slots__ = ("_link", "_link_lock", "_link_retry_at", "_max_message_bytes", "_stream", "_unary", "address",
+                 "channel", "ejected_until", "inflight", "link_address", "replica")
 
     def __init__(self, replica: Replica, options: list[tuple[str, Any]], max_message_bytes: int,
                  use_link: bool) -> None:
@@ -43,15 +46,31 @@ class Connection:
         self._stream: grpc.aio.StreamStreamMultiCallable[bytes, bytes] | None = None
         self._link: LinkClient | None = None
         self._link_lock = asyncio.Lock()
+        self._link_retry_at = 0.0
 
-    async def link(self) -> LinkClient:
-        """The open mesh-link connection to this replica, (re)connecting when needed."""
+    async def link(self, remaining_s: float | None) -> LinkClient | None:
+        """The open mesh link to this replica, or None when it cannot be had right now.
+
+        One caller connects while the others wait for it; after a failed connect, callers
+        get None (and use gRPC) for LINK_RETRY_S seconds instead of each trying again.
+        """
         link = self._link
         if link is not None and not link.closed:
             return link
+        if time.monotonic() < self._link_retry_at:
+            return None
         async with self._link_lock:
-            if self._link is None or self._link.closed:
-                self._link = await LinkClient.connect(self.link_address, self._max_message_bytes)
+            if self._link is not None and not self._link.closed:
+                return self._link
+            if time.monotonic() < self._link_retry_at:
+                return None
+            connect_s = LINK_CONNECT_S if remaining_s is None else max(0.01, min(LINK_CONNECT_S, remaining_s))
+            try:
+                self._link = await LinkClient.connect(self.link_address, self._max_message_bytes, connect_s)
+            except Unavailable as e:
+                log.warning("%s; calling %s over gRPC for %.0f s", e, self.replica.runtime_id, LINK_RETRY_S)
+                self._link_retry_at = time.monotonic() + LINK_RETRY_S
+                return None
             return self._link
 
     def unary(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
@@ -83,14 +102,16 @@ class ConnectionPool:
         self._max_message_bytes = max_message_bytes
         self._use_link = use_link
         self._by_address: dict[str, Connection] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, replica: Replica) -> Connection:
         conn = self._by_address.get(replica.address)
-        if conn is None or conn.replica != replica:
-            if conn is not None:
-                self._close_later(conn)
-            conn = Connection(replica, self._options, self._max_message_bytes, self._use_link)
-            self._by_address[replica.address] = conn
+        if conn is not None and (conn.replica is replica or conn.replica == replica):
+            return conn
+        if conn is not None:
+            self._close_later(conn)
+        conn = Connection(replica, self._options, self._max_message_bytes, self._use_link)
+        self._by_address[replica.address] = conn
         return conn
 
     def choose(self, replicas: tuple[Replica, ...], exclude: Connection | None = None) -> Connection:
@@ -123,8 +144,13 @@ class ConnectionPool:
             await conn.close()
 
         with contextlib.suppress(RuntimeError):
-            asyncio.get_running_loop().create_task(close())
+            task = asyncio.get_running_loop().create_task(close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._by_address.values()), return_exceptions=True)
+        for task in list(self._closing):
+            task.cancel()
+        closing = [*self._by_address.values()]
         self._by_address.clear()
+        await asyncio.gather(*(c.close() for c in closing), *self._closing, return_exceptions=True)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc.aio import ServicerContext as Context
 
 import meshserve
-from meshserve.errors import InvalidArgument, MeshError, NotFound, Unavailable, grpc_errors
-from meshserve.names import check_model_name
+from meshserve.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable, grpc_errors
+from meshserve.names import check_model_name, check_version
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry.cache import RegistryCache, Replica
@@ -110,18 +112,24 @@ class MeshServicer:
 
     async def _fan_out(self, method: str, request: bytes, context: Context, *, loading: bool) -> bytes:
         """Send a load or unload to every runtime that lists the model, then wait for the registry."""
-        repository, name = string_fields(request, 1, 2)
-        if repository:
+        try:
+            parsed = oip.RepositoryModelLoadRequest.FromString(request)  # unload has the same fields
+        except DecodeError as e:
+            raise InvalidArgument(f"{method} request is not a valid protobuf message") from e
+        if parsed.repository_name:
             raise InvalidArgument("the router has one mesh-wide repository: leave repository_name empty")
-        check_model_name(name)
+        name = check_model_name(parsed.model_name)
+        version = _version_parameter(parsed.parameters)
         wanted = {pb.MODEL_STATE_READY, pb.MODEL_STATE_LOADING, pb.MODEL_STATE_FAILED}
         targets = {
             p.runtime_id: Replica(p.runtime_id, p.runtime_kind, p.address, p.link_address)
-            for (model, _, _), p in self.cache.placements.items()
-            if model == name and (loading or p.state in wanted)
+            for (model, ver, _), p in self.cache.placements.items()
+            if model == name and (not version or ver == version) and (loading or p.state in wanted)
         }
         if not targets:
-            self.resolver.view(name)  # NotFound listing the models, if unknown
+            view = self.resolver.view(name)  # NotFound listing the models, if unknown
+            if version and version not in view.versions:
+                raise NotFound(f"model {name!r} has no version {version!r}; versions: {', '.join(view.versions)}")
             return b""  # nothing holds it loaded: unloading is already done
         timeout = context.time_remaining()
         calls = [self.pool.get(r).unary(method)(request, timeout=timeout) for r in targets.values()]
@@ -132,15 +140,33 @@ class MeshServicer:
             if isinstance(err, grpc.aio.AioRpcError):
                 await context.abort(err.code(), f"{method} of {name!r} on {rid}: {err.details()}")
             raise err
-        await self._await_registry(name, loading)
+        await self._await_registry(name, version, loading)
         return b""
 
-    async def _await_registry(self, name: str, loading: bool) -> None:
+    async def _await_registry(self, name: str, version: str, loading: bool) -> None:
+        """Wait until this router's registry cache shows the load or unload."""
         deadline = time.monotonic() + self.load_wait_s
         while time.monotonic() < deadline:
             view = self.cache.models.get(name)
-            if (view is not None and view.latest_ready is not None) == loading:
+            ready = set(view.ready) if view is not None else set()
+            done = (version in ready if version else bool(ready)) if loading else \
+                (version not in ready if version else not ready)
+            if done:
                 return
             await asyncio.sleep(0.01)
-        raise MeshError(f"model {name!r}: runtimes answered but the registry did not show the change "
-                        f"within {self.load_wait_s:.0f} s")
+        what = f"version {version!r} of {name!r}" if version else repr(name)
+        raise DeadlineExceeded(f"{what}: the runtimes answered but the registry did not show the "
+                               f"{'load' if loading else 'unload'} within {self.load_wait_s:.0f} s")
+
+
+def _version_parameter(parameters: Any) -> str:
+    """The optional ``version`` parameter of a load or unload request ("" when absent)."""
+    if "version" not in parameters:
+        return ""
+    param = parameters["version"]
+    choice = param.WhichOneof("parameter_choice")
+    if choice == "string_param":
+        return check_version(str(param.string_param))
+    if choice == "int64_param":
+        return str(param.int64_param)
+    raise InvalidArgument("parameter 'version' must be a string or an integer")

@@ -13,6 +13,7 @@ settings) and a second router on the same etcd that forwards over gRPC only.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -82,6 +83,8 @@ def napper_markers(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mesh_repository(tmp_path_factory: pytest.TempPathFactory, iris_sklearn: Any, napper_markers: Path) -> Path:
     repository = tmp_path_factory.mktemp("mesh-models")
     copy_model(EXAMPLES / "iris", repository, "iris")
+    twins = copy_model(EXAMPLES / "iris", repository, "twins")  # two versions of one model
+    shutil.copytree(twins / "1", twins / "2")
     write_python_model(repository, "sleepy", SLEEPY, "Sleepy")
     write_python_model(repository, "napper", NAPPER, "Napper", {"marker_dir": str(napper_markers)})
     return repository
