@@ -1,11 +1,12 @@
 """`make bench`: the same calls direct to a runtime and through the router, in one run.
 
-Starts a private local mesh (etcd, router, Python runtime with the example models) on
-free ports, plus a second router with the mesh link turned off (it reaches the runtime
-over gRPC, as it would a Triton server). For each scenario it alternates rounds over the
-three set-ups, so drift in the machine's load affects them alike, and prints p50, p99
-and throughput with the routed/direct ratios against the targets. Results also go to
-bench/results/.
+Starts a private local mesh (etcd, NATS, audit service, router, Python runtime with the
+example models) on free ports. The mesh's router audits every call; two more routers on
+the same registry do not: one as the mesh's router otherwise is, one with the mesh link
+turned off (it reaches the runtime over gRPC, as it would a Triton server). For each
+scenario it alternates rounds over the four set-ups, so drift in the machine's load
+affects them alike, and prints p50, p99 and throughput, the ratios, and the targets of
+the issues they answer. Results also go to bench/results/.
 """
 
 from __future__ import annotations
@@ -32,29 +33,47 @@ from meshserve.oip import build_request  # noqa: E402
 
 
 @dataclass(frozen=True)
+class Target:
+    """A ratio between two set-ups that must hold: ``metric`` of ``side`` over ``base``."""
+
+    side: str
+    base: str
+    metric: str  # "p50" (at most limit) or "throughput" (at least limit)
+    limit: float
+    issue: str
+
+    def met(self, ratio: float) -> bool:
+        return ratio >= self.limit if self.metric == "throughput" else ratio <= self.limit
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     rows: int
     concurrency: int
     processes: int
     seconds: float
-    # (metric, limit): routed/direct ratio of p50 must stay <= limit, of throughput >= limit
-    targets: tuple[tuple[str, float], ...]
+    targets: tuple[Target, ...]
 
+
+DIRECT, ROUTER, NO_AUDIT, GRPC_HOP = "direct", "router", "router, audit off", "router, gRPC hop"
+# Ratios printed for every scenario: (label, side, base).
+RATIOS = ((f"{ROUTER} / {DIRECT}", ROUTER, DIRECT), (f"{NO_AUDIT} / {DIRECT}", NO_AUDIT, DIRECT),
+          (f"{ROUTER} / {NO_AUDIT}", ROUTER, NO_AUDIT), (f"{GRPC_HOP} / {DIRECT}", GRPC_HOP, DIRECT))
 
 SCENARIOS = [
-    Scenario("iris, 1 row, concurrency 1", 1, 1, 1, 3.0, (("p50", 1.3),)),
-    Scenario("iris, 1 row, concurrency 16", 1, 16, 4, 3.0, (("throughput", 0.7),)),
-    Scenario("iris, 4 MiB input, concurrency 1", 262_144, 1, 1, 8.0, (("p50", 1.3),)),
+    Scenario("iris, 1 row, concurrency 1", 1, 1, 1, 3.0, (
+        Target(ROUTER, DIRECT, "p50", 1.3, "#2"), Target(ROUTER, NO_AUDIT, "p50", 1.1, "#3 audit"))),
+    Scenario("iris, 1 row, concurrency 16", 1, 16, 4, 3.0, (
+        Target(ROUTER, DIRECT, "throughput", 0.7, "#2"), Target(ROUTER, NO_AUDIT, "throughput", 0.9, "#3 audit"),
+        Target(ROUTER, NO_AUDIT, "p50", 1.1, "#3 audit"))),
+    Scenario("iris, 4 MiB input, concurrency 1", 262_144, 1, 1, 8.0, (Target(ROUTER, DIRECT, "p50", 1.3, "#2"),)),
 ]
 
 
 def merge(parts: list[Result]) -> Result:
     return Result(np.concatenate([p.latencies_s for p in parts]), sum(p.duration_s for p in parts),
                   sum(p.errors for p in parts))
-
-
-SIDES = ("direct", "router", "router, gRPC hop")
 
 
 def measure(scenario: Scenario, addresses: dict[str, str], rounds: int) -> dict[str, Result]:
@@ -70,33 +89,38 @@ def measure(scenario: Scenario, addresses: dict[str, str], rounds: int) -> dict[
     return {side: merge(parts) for side, parts in runs.items()}
 
 
+def _ratio(results: dict[str, Result], side: str, base: str, metric: str) -> float:
+    a, b = results[side], results[base]
+    if metric == "throughput":
+        return a.throughput / b.throughput
+    q = 50 if metric == "p50" else 99
+    return a.percentile_ms(q) / b.percentile_ms(q)
+
+
 def report(scenario: Scenario, results: dict[str, Result]) -> tuple[list[str], dict[str, object], bool]:
-    d, r = results["direct"], results["router"]
-    hop = results.get("router, gRPC hop")
-    ratios = {
-        "p50": r.percentile_ms(50) / d.percentile_ms(50),
-        "p99": r.percentile_ms(99) / d.percentile_ms(99),
-        "throughput": r.throughput / d.throughput,
-    }
-    lines = [f"\n{scenario.name}  ({d.calls} direct and {r.calls} routed calls)",
-             f"  {'':16} {'p50 ms':>9} {'p99 ms':>9} {'calls/s':>9} {'errors':>7}"]
+    lines = [f"\n{scenario.name}",
+             f"  {'':28} {'p50 ms':>9} {'p99 ms':>9} {'calls/s':>9} {'calls':>7} {'errors':>7}"]
     for side, res in results.items():
-        lines.append(f"  {side:16} {res.percentile_ms(50):9.3f} {res.percentile_ms(99):9.3f} "
-                     f"{res.throughput:9.0f} {res.errors:7d}")
-    lines.append(f"  {'router/direct':16} {ratios['p50']:8.2f}x {ratios['p99']:8.2f}x {ratios['throughput']:8.2f}x")
-    if hop is not None:
-        lines.append(f"  {'gRPC hop/direct':16} {hop.percentile_ms(50) / d.percentile_ms(50):8.2f}x "
-                     f"{hop.percentile_ms(99) / d.percentile_ms(99):8.2f}x {hop.throughput / d.throughput:8.2f}x")
+        lines.append(f"  {side:28} {res.percentile_ms(50):9.3f} {res.percentile_ms(99):9.3f} "
+                     f"{res.throughput:9.0f} {res.calls:7d} {res.errors:7d}")
+    ratios: dict[str, dict[str, float]] = {}
+    for label, side, base in RATIOS:
+        if side in results and base in results:
+            ratios[label] = {m: _ratio(results, side, base, m) for m in ("p50", "p99", "throughput")}
+            r = ratios[label]
+            lines.append(f"  {label:28} {r['p50']:8.2f}x {r['p99']:8.2f}x {r['throughput']:8.2f}x")
     ok = True
-    for metric, limit in scenario.targets:
-        met = ratios[metric] <= limit if metric != "throughput" else ratios[metric] >= limit
+    for target in scenario.targets:
+        ratio = _ratio(results, target.side, target.base, target.metric)
+        met = target.met(ratio)
         ok &= met
-        sign = "<=" if metric != "throughput" else ">="
-        lines.append(f"  target: router/direct {metric} {sign} {limit}x: {'met' if met else 'NOT MET'}")
+        sign = ">=" if target.metric == "throughput" else "<="
+        lines.append(f"  target {target.issue}: {target.side} / {target.base} {target.metric} {ratio:.2f}x "
+                     f"{sign} {target.limit}x: {'met' if met else 'NOT MET'}")
     record = {
         "scenario": scenario.name,
         **{side: {"p50_ms": res.percentile_ms(50), "p99_ms": res.percentile_ms(99), "throughput": res.throughput,
-                  "errors": res.errors} for side, res in results.items()},
+                  "calls": res.calls, "errors": res.errors} for side, res in results.items()},
         "ratios": ratios,
         "targets_met": ok,
     }
@@ -104,13 +128,13 @@ def report(scenario: Scenario, results: dict[str, Result]) -> tuple[list[str], d
 
 
 @contextlib.contextmanager
-def grpc_hop_router(mesh: LocalMesh) -> Iterator[str]:
-    """A second router on the same registry that calls the runtime over gRPC, not the link."""
-    announce = mesh.data_dir / "router-grpc-hop.json"
-    process = ManagedProcess("router (gRPC hop)", [
-        sys.executable, "-m", "meshserve.services.router", "--port", "0", "--no-use-link",
+def extra_router(mesh: LocalMesh, name: str, *flags: str) -> Iterator[str]:
+    """Another router on the mesh's registry, set up differently (no audit, no link...)."""
+    announce = mesh.data_dir / f"{name}.json"
+    process = ManagedProcess(name, [
+        sys.executable, "-m", "meshserve.services.router", "--port", "0", *flags,
         "--etcd-endpoint", mesh.etcd_endpoint, "--announce-file", str(announce), "--log-level", "WARNING",
-    ], mesh.log_dir / "router-grpc-hop.log")
+    ], mesh.log_dir / f"{name}.log")
     process.start()
     try:
         yield str(process.wait_announce(announce)["address"])
@@ -123,12 +147,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating direct/router rounds per scenario")
     parser.add_argument("--only", default="", help="run only scenarios whose name contains this")
     args = parser.parse_args()
-    config = MeshConfig(model_repository=ROOT / "examples" / "models", router_port=0, etcd_port=0,
+    config = MeshConfig(model_repository=ROOT / "examples" / "models", router_port=0, etcd_port=0, nats_port=0,
+                        audit_port=0,
                         log_level="WARNING")
     records: list[dict[str, object]] = []
     print(f"meshserve benchmark on {os.cpu_count()} cores; load from separate processes")
-    with LocalMesh(config) as mesh, grpc_hop_router(mesh) as hop_address:
-        addresses = dict(zip(SIDES, (mesh.runtime_address, mesh.router_address, hop_address), strict=True))
+    with LocalMesh(config) as mesh, extra_router(mesh, "router-no-audit") as no_audit, \
+            extra_router(mesh, "router-grpc-hop", "--no-use-link") as grpc_hop:
+        addresses = {DIRECT: mesh.runtime_address, ROUTER: mesh.router_address, NO_AUDIT: no_audit,
+                     GRPC_HOP: grpc_hop}
         for scenario in SCENARIOS:
             if args.only and args.only not in scenario.name:
                 continue

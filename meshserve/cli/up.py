@@ -19,7 +19,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 import meshserve
 from meshserve.cli.common import UserError, cli_errors, console, err_console
 from meshserve.cli.tables import endpoints_table
-from meshserve.local.mesh import DEFAULT_ROUTER_PORT, LocalMesh, MeshConfig, port_is_free
+from meshserve.local.mesh import DEFAULT_AUDIT_PORT, DEFAULT_ROUTER_PORT, LocalMesh, MeshConfig, port_is_free
 from meshserve.local.process import tail
 
 REPO_ROOT = Path(meshserve.__file__).resolve().parent.parent
@@ -78,8 +78,8 @@ def _start(mesh: LocalMesh) -> None:
 
 def _write_announce(path: Path, mesh: LocalMesh) -> None:
     data = {"pid": os.getpid(), "router": mesh.router_address, "etcd": mesh.etcd_endpoint,
-            "runtime": mesh.runtime_address, "runtime_id": mesh.runtime_id, "children": mesh.pids(),
-            "data_dir": str(mesh.data_dir)}
+            "runtime": mesh.runtime_address, "runtime_id": mesh.runtime_id, "nats": mesh.nats_url,
+            "audit": mesh.audit_address, "children": mesh.pids(), "data_dir": str(mesh.data_dir)}
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
@@ -105,6 +105,11 @@ def up(
         int | None, typer.Option(help="etcd client port (default 2379 when free, else any free port)")
     ] = None,
     runtime_port: Annotated[int, typer.Option(help="Python runtime port (0: any free port)")] = 0,
+    audit_port: Annotated[int, typer.Option(help="audit service port (0: any free port)")] = DEFAULT_AUDIT_PORT,
+    nats_port: Annotated[
+        int | None, typer.Option(help="NATS port (default 4222 when free, else any free port)")
+    ] = None,
+    audit: Annotated[bool, typer.Option(help="run NATS and the audit service and record every call")] = True,
     host: Annotated[str, typer.Option(help="address every service listens on")] = "127.0.0.1",
     data_dir: Annotated[
         Path | None, typer.Option(help="etcd data and logs (default: a temporary folder removed on exit)")
@@ -114,7 +119,7 @@ def up(
         Path | None, typer.Option(help="once up, write the addresses and child PIDs as JSON here")
     ] = None,
 ) -> None:
-    """Start etcd, the router and the Python runtime with the example models; Ctrl-C stops them."""
+    """Start etcd, NATS, the audit service, the router and the Python runtime; Ctrl-C stops them."""
     # Also when started with SIGINT ignored (a background job of a script).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -125,7 +130,8 @@ def up(
         raise UserError(f"port {router_port} on {host} is in use: stop what holds it or pass --router-port")
     mesh = LocalMesh(MeshConfig(
         model_repository=model_repository, host=host, router_port=router_port, etcd_port=etcd_port,
-        runtime_port=runtime_port, data_dir=data_dir, log_level=log_level,
+        runtime_port=runtime_port, data_dir=data_dir, log_level=log_level, audit_port=audit_port,
+        nats_port=nats_port, audit=audit,
     ))
     pids: dict[str, int] = {}
     exit_code = 0
@@ -133,9 +139,13 @@ def up(
         _start(mesh)
         pids = mesh.pids()
         console.print(endpoints_table([
-            ("router (OIP gRPC)", mesh.router_address, str(pids.get("router", "-"))),
-            ("python runtime", mesh.runtime_address, str(pids.get("runtime", "-"))),
-            ("etcd", mesh.etcd_endpoint, str(pids.get("etcd", "-"))),
+            (label, address, str(pids.get(name, "-"))) for label, name, address in (
+                ("router (OIP gRPC)", "router", mesh.router_address),
+                ("python runtime", "runtime", mesh.runtime_address),
+                ("audit service", "audit", mesh.audit_address),
+                ("NATS JetStream", "nats", mesh.nats_url),
+                ("etcd", "etcd", mesh.etcd_endpoint),
+            ) if address
         ]))
         console.print(f"logs: {mesh.log_dir}")
         console.print("try:")

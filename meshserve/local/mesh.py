@@ -1,12 +1,12 @@
-"""The local mesh: etcd, the router and the Python runtime as child processes on loopback.
+"""The local mesh: etcd, NATS, the audit service, the router and the Python runtime.
 
 ``meshserve up`` runs one in the foreground; test fixtures use the same class::
 
     with LocalMesh(MeshConfig(model_repository=repo, router_port=0, etcd_port=0)) as mesh:
         call(mesh.router_address)
 
-Children are started in order (etcd, router, runtime), each awaited on its announce
-file, and stopped by PID in reverse order, also when a start fails half way.
+Children are started in order, each awaited until it serves (meshserve services write
+an announce file), and stopped by PID in reverse order, also when a start fails half way.
 """
 
 from __future__ import annotations
@@ -22,18 +22,19 @@ from pathlib import Path
 from types import TracebackType
 
 from meshserve.local.etcd import EtcdServer
+from meshserve.local.nats import NatsServer
 from meshserve.local.process import ManagedProcess
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROUTER_PORT = 8001
+DEFAULT_AUDIT_PORT = 8003
 DEFAULT_ETCD_PORT = 2379
+DEFAULT_NATS_PORT = 4222
 
 
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As the servers themselves do: a port in TIME_WAIT counts as free.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -48,9 +49,15 @@ class MeshConfig:
     model_repository: Path
     host: str = "127.0.0.1"
     router_port: int = DEFAULT_ROUTER_PORT
-    # None: 2379 when free, else any free port. 0: any free port.
+    # None: the usual port (2379, 4222) when free, else any free port. 0: any free port.
     etcd_port: int | None = None
+    nats_port: int | None = None
     runtime_port: int = 0
+    audit_port: int = DEFAULT_AUDIT_PORT
+    # Run NATS and the audit service, and have the router emit call events.
+    audit: bool = True
+    # Where the audit service stores the trail; default: SQLite in the data directory.
+    audit_database: str | None = None
     # None: a temporary directory, removed on stop. Otherwise kept.
     data_dir: Path | None = None
     start_timeout_s: float = 60.0
@@ -67,17 +74,18 @@ class Step:
 
 
 class LocalMesh:
-    """etcd, the router and the Python runtime, started and stopped together."""
+    """The mesh's processes, started and stopped together."""
 
     def __init__(self, config: MeshConfig) -> None:
         self.config = config
         self._tmp: Path | None = None
         self.data_dir = config.data_dir or Path(".")
         self.etcd: EtcdServer | None = None
-        self.router: ManagedProcess | None = None
-        self.runtime: ManagedProcess | None = None
-        self.router_address = ""
-        self.runtime_address = ""
+        self.nats: NatsServer | None = None
+        # name -> process, in start order (etcd and NATS included, through their servers)
+        self._children: dict[str, ManagedProcess] = {}
+        self._stops: list[tuple[str, Callable[[], None]]] = []
+        self.addresses: dict[str, str] = {}
         self.runtime_id = ""
 
     # -- addresses -------------------------------------------------------------
@@ -87,28 +95,37 @@ class LocalMesh:
         return self.etcd.endpoint if self.etcd is not None else ""
 
     @property
+    def nats_url(self) -> str:
+        return self.nats.url if self.nats is not None else ""
+
+    @property
+    def router_address(self) -> str:
+        return self.addresses.get("router", "")
+
+    @property
+    def runtime_address(self) -> str:
+        return self.addresses.get("runtime", "")
+
+    @property
+    def audit_address(self) -> str:
+        return self.addresses.get("audit", "")
+
+    @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
 
     def pids(self) -> dict[str, int]:
-        """PIDs of the children that were started, by name."""
-        found: dict[str, int] = {}
-        if self.etcd is not None and self.etcd.process is not None:
-            found["etcd"] = self.etcd.process.pid
-        for name, proc in (("router", self.router), ("runtime", self.runtime)):
-            if proc is not None and proc.proc is not None:
-                found[name] = proc.pid
-        return found
+        """PIDs of the children that were started, by name, in start order."""
+        return {name: proc.pid for name, proc in self._children.items() if proc.proc is not None}
 
     # -- start -----------------------------------------------------------------
 
     def steps(self) -> list[Step]:
         """The start-up steps in order; run each (or call :meth:`start`)."""
-        return [
-            Step("etcd", self._start_etcd),
-            Step("router", self._start_router),
-            Step("python runtime", self._start_runtime),
-        ]
+        steps = [Step("etcd", self._start_etcd)]
+        if self.config.audit:
+            steps += [Step("NATS JetStream", self._start_nats), Step("audit service", self._start_audit)]
+        return [*steps, Step("router", self._start_router), Step("python runtime", self._start_runtime)]
 
     def start(self) -> None:
         """Start every child; on failure stop what was started and re-raise."""
@@ -128,51 +145,65 @@ class LocalMesh:
             self.data_dir = self.config.data_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
-    def _etcd_port(self) -> int:
-        port = self.config.etcd_port
-        if port is None:
-            port = DEFAULT_ETCD_PORT if port_is_free(self.config.host, DEFAULT_ETCD_PORT) else 0
-        return port
+    def _port(self, wanted: int | None, usual: int) -> int:
+        if wanted is None:
+            return usual if port_is_free(self.config.host, usual) else 0
+        return wanted
 
     def _start_etcd(self) -> str:
         self._prepare_dir()
-        self.etcd = EtcdServer(self.data_dir, self.log_dir / "etcd.log", host=self.config.host)
-        # A fixed port is used as is; 0 lets EtcdServer pick (and retry) a free one.
-        self.etcd.port = self._etcd_port()
-        self.etcd.start(timeout=self.config.start_timeout_s)
-        return self.etcd.endpoint
+        etcd = EtcdServer(self.data_dir, self.log_dir / "etcd.log", host=self.config.host)
+        etcd.port = self._port(self.config.etcd_port, DEFAULT_ETCD_PORT)
+        self.etcd = etcd
+        self._stops.append(("etcd", etcd.stop))
+        etcd.start(timeout=self.config.start_timeout_s)
+        assert etcd.process is not None
+        self._children["etcd"] = etcd.process
+        return etcd.endpoint
 
-    def _service(self, name: str, module: str, args: list[str]) -> tuple[ManagedProcess, dict[str, object]]:
+    def _start_nats(self) -> str:
+        nats = NatsServer(self.data_dir, self.log_dir / "nats.log", host=self.config.host,
+                          port=self._port(self.config.nats_port, DEFAULT_NATS_PORT))
+        self.nats = nats
+        self._stops.append(("nats", nats.stop))
+        nats.start(timeout=self.config.start_timeout_s)
+        assert nats.process is not None
+        self._children["nats"] = nats.process
+        return nats.url
+
+    def _service(self, name: str, module: str, args: list[str]) -> dict[str, object]:
+        """Start a meshserve service and wait for its announce file."""
         announce = self.data_dir / f"{name}.json"
         announce.unlink(missing_ok=True)
         argv = [
-            sys.executable, "-m", module, "--host", self.config.host,
-            "--etcd-endpoint", self.etcd_endpoint, "--announce-file", str(announce),
+            sys.executable, "-m", module, "--host", self.config.host, "--announce-file", str(announce),
             "--log-level", self.config.log_level, *args,
         ]
         proc = ManagedProcess(name, argv, self.log_dir / f"{name}.log", env=self.config.extra_env or None)
+        self._stops.append((name, proc.stop))
+        self._children[name] = proc
         proc.start()
-        try:
-            info = proc.wait_announce(announce, timeout=self.config.start_timeout_s)
-        except BaseException:
-            proc.stop()  # not yet ours to stop in stop(): reap it here
-            raise
-        return proc, info
+        info = proc.wait_announce(announce, timeout=self.config.start_timeout_s)
+        self.addresses[name] = str(info["address"])
+        return info
+
+    def _start_audit(self) -> str:
+        database = self.config.audit_database or f"sqlite:///{self.data_dir / 'audit.db'}"
+        self._service("audit", "meshserve.services.audit",
+                      ["--port", str(self.config.audit_port), "--nats-url", self.nats_url, "--database", database])
+        return self.audit_address
 
     def _start_router(self) -> str:
-        self.router, info = self._service(
-            "router", "meshserve.services.router", ["--port", str(self.config.router_port)]
-        )
-        self.router_address = str(info["address"])
+        audit = ["--nats-url", self.nats_url, "--data-dir", str(self.data_dir / "router")] if self.nats else []
+        self._service("router", "meshserve.services.router",
+                      ["--port", str(self.config.router_port), "--etcd-endpoint", self.etcd_endpoint, *audit])
         return self.router_address
 
     def _start_runtime(self) -> str:
-        self.runtime, info = self._service(
-            "runtime", "meshserve.runtimes.python",
-            ["--port", str(self.config.runtime_port),
-             "--model-repository", str(self.config.model_repository.resolve())],
-        )
-        self.runtime_address = str(info["address"])
+        info = self._service("runtime", "meshserve.runtimes.python", [
+            "--port", str(self.config.runtime_port), "--etcd-endpoint", self.etcd_endpoint,
+            "--model-repository", str(self.config.model_repository.resolve()),
+        ])
         self.runtime_id = str(info.get("runtime_id", ""))
         return self.runtime_address
 
@@ -180,27 +211,16 @@ class LocalMesh:
 
     def alive(self) -> dict[str, bool]:
         """Whether each started child is still running."""
-        status: dict[str, bool] = {}
-        if self.etcd is not None and self.etcd.process is not None:
-            status["etcd"] = self.etcd.process.alive()
-        for name, proc in (("router", self.router), ("runtime", self.runtime)):
-            if proc is not None:
-                status[name] = proc.alive()
-        return status
+        return {name: proc.alive() for name, proc in self._children.items()}
 
     def stop(self) -> None:
         """Stop the children in reverse order of start; every one is tried."""
-        for name, stop in (
-            ("runtime", self.runtime.stop if self.runtime else None),
-            ("router", self.router.stop if self.router else None),
-            ("etcd", self.etcd.stop if self.etcd else None),
-        ):
-            if stop is None:
-                continue
+        for name, stop in reversed(self._stops):
             try:
                 stop()
             except Exception:  # keep stopping the others
                 log.exception("stopping %s failed", name)
+        self._stops.clear()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -215,4 +235,4 @@ class LocalMesh:
         self.stop()
 
 
-__all__ = ["DEFAULT_ETCD_PORT", "DEFAULT_ROUTER_PORT", "LocalMesh", "MeshConfig", "Step"]
+__all__ = ["DEFAULT_AUDIT_PORT", "DEFAULT_ETCD_PORT", "DEFAULT_ROUTER_PORT", "LocalMesh", "MeshConfig", "Step"]

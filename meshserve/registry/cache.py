@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import aetcd
 
 from meshserve.names import version_sort_key
+from meshserve.protos.meshserve.audit.v1 import audit_pb2
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
 from meshserve.registry.etcd import connect
@@ -58,6 +59,7 @@ class RegistryCache:
         self.runtimes: dict[str, pb.Runtime] = {}
         self.placements: dict[tuple[str, str, str], pb.Placement] = {}
         self.models: dict[str, ModelView] = {}
+        self.audit_policies: dict[str, audit_pb2.AuditPolicy] = {}
         self.revision = 0
         self.connected = False
         self._on_change = on_change
@@ -93,6 +95,7 @@ class RegistryCache:
         snapshot = await self._client.get_prefix(keys.ROOT.encode())
         self.runtimes.clear()
         self.placements.clear()
+        self.audit_policies.clear()
         for kv in snapshot:
             self._put(kv.key, kv.value)
         self.revision = snapshot.header.revision
@@ -115,6 +118,12 @@ class RegistryCache:
         if runtime_id is not None:
             with contextlib.suppress(Exception):
                 self.runtimes[runtime_id] = pb.Runtime.FromString(value)
+        model = keys.parse_audit_policy_key(key)
+        if model is not None:
+            try:
+                self.audit_policies[model] = audit_pb2.AuditPolicy.FromString(value)
+            except Exception:  # noqa: BLE001 - keep the last good policy
+                log.warning("ignoring unreadable audit policy at %r", key)
         return None
 
     def _delete(self, key: bytes) -> str | None:
@@ -125,6 +134,9 @@ class RegistryCache:
         runtime_id = keys.parse_runtime_key(key)
         if runtime_id is not None:
             self.runtimes.pop(runtime_id, None)
+        model = keys.parse_audit_policy_key(key)
+        if model is not None:
+            self.audit_policies.pop(model, None)
         return None
 
     def _rebuild(self, changed: set[str] | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 ROOT = "/meshserve/v1/"
 RUNTIMES = ROOT + "runtimes/"
 PLACEMENTS = ROOT + "placements/"
+AUDIT_POLICIES = ROOT + "audit-policies/"
 
 
 def runtime_key(runtime_id: str) -> bytes:
@@ -31,3 +32,12 @@ def parse_placement_key(key: bytes) -> tuple[str, str, str] | None:
 def parse_runtime_key(key: bytes) -> str | None:
     text = _text(key)
     return text[len(RUNTIMES):] if text.startswith(RUNTIMES) else None
+
+
+def audit_policy_key(model: str) -> bytes:
+    return (AUDIT_POLICIES + model).encode()
+
+
+def parse_audit_policy_key(key: bytes) -> str | None:
+    text = _text(key)
+    return text[len(AUDIT_POLICIES):] if text.startswith(AUDIT_POLICIES) else None

@@ -6,15 +6,17 @@ import asyncio
 import base64
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import grpc
 from grpc.aio import ServicerContext as Context
 
-from meshserve.errors import MeshError
+from meshserve.errors import MeshError, error_for
 from meshserve.protos.inference import grpc_service_pb2 as oip
 
+from .audit import Call, CallAudit, Metadata
 from .replicas import Connection, ConnectionPool
 from .resolve import Resolver
 from .wire import string_fields
@@ -23,14 +25,14 @@ log = logging.getLogger(__name__)
 
 
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+_OK = grpc.StatusCode.OK
+_CANCELLED = grpc.StatusCode.CANCELLED
 STREAM_BUFFER = 64
 
 
 # Metadata gRPC sets itself, never passed on to a runtime.
 _TRANSPORT_KEYS = frozenset(("user-agent", "content-type", "te", "host", "grpc-timeout", "grpc-encoding",
                              "grpc-accept-encoding"))
-
-Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 def forwarded_metadata(context: Context) -> Metadata:
@@ -49,32 +51,69 @@ def link_metadata(metadata: Metadata) -> dict[str, str]:
 class Forwarder:
     """Routes each call by the model name and version inside its bytes."""
 
-    def __init__(self, resolver: Resolver, pool: ConnectionPool, eject_s: float) -> None:
+    def __init__(self, resolver: Resolver, pool: ConnectionPool, eject_s: float, audit: CallAudit) -> None:
         self.resolver = resolver
         self.pool = pool
         self.eject_s = eject_s
+        self.audit = audit
 
-    def unary(self, method: str, name_field: int = 1, version_field: int = 2,
-              link_method: int = 0) -> Callable[[bytes, Context], Coroutine[Any, Any, bytes]]:
-        """A handler forwarding ``method``, routed by the given string fields.
+    def unary(self, method: str, name_field: int = 1, version_field: int = 2, link_method: int = 0,
+              audited: bool = False) -> Callable[[bytes, Context], Coroutine[Any, Any, bytes]]:
+        """A gRPC handler forwarding ``method``, routed by the given string fields.
 
         With ``link_method``, replicas that offer a mesh link are called over it; others
-        over gRPC. A replica that is UNAVAILABLE is avoided for a while and, when the
-        model has another replica, the call is tried once more there.
+        over gRPC. ``audited`` calls become call events (when the router audits).
+        """
+        forward = self._forwarding(method, name_field, version_field, link_method)
+        audit = self.audit
+
+        async def handler(request: bytes, context: Context) -> bytes:
+            call = Call(method)
+            try:
+                return await forward(call, request, context, forwarded_metadata(context))
+            except MeshError as e:
+                await context.abort(e.code, e.message)
+            raise AssertionError("unreachable")
+
+        async def audited_handler(request: bytes, context: Context) -> bytes:
+            call = Call(method)
+            metadata = forwarded_metadata(context)
+            try:
+                response = await forward(call, request, context, metadata)
+                if audit.strict(call.model):
+                    await audit.record_durably(call, request, response, _OK, "", context.peer(), metadata)
+                else:
+                    audit.record(call, request, response, _OK, "", context.peer(), metadata)
+                return response
+            except MeshError as e:
+                audit.record(call, request, None, e.code, e.message, context.peer(), metadata)
+                await context.abort(e.code, e.message)
+            except asyncio.CancelledError:
+                audit.record(call, request, None, _CANCELLED, "cancelled by the caller", context.peer(), metadata)
+                raise
+            raise AssertionError("unreachable")
+
+        return audited_handler if audited and audit.enabled else handler
+
+    def _forwarding(self, method: str, name_field: int, version_field: int,
+                    link_method: int) -> Callable[[Call, bytes, Context, Metadata], Coroutine[Any, Any, bytes]]:
+        """The forwarding itself: the response bytes, or a MeshError saying why not.
+
+        A replica that is UNAVAILABLE is avoided for a while and, when the model has
+        another replica, the call is tried once more there.
         """
         resolve = self.resolver.resolve
         choose = self.pool.choose
+        precheck = self.audit.precheck
         eject_s = self.eject_s
 
-        async def handler(request: bytes, context: Context) -> bytes:
-            try:
-                name, version = string_fields(request, name_field, version_field)
-                _, replicas = resolve(name, version)
-            except MeshError as e:
-                await context.abort(e.code, e.message)
+        async def forward(call: Call, request: bytes, context: Context, metadata: Metadata) -> bytes:
+            call.model, call.requested_version = name, version = string_fields(request, name_field, version_field)
+            precheck(name)
+            call.resolved_version, replicas = resolve(name, version)
             conn = choose(replicas)
-            metadata = forwarded_metadata(context)
             for attempt in (0, 1):
+                call.replica = conn.replica
                 conn.inflight += 1
                 try:
                     if link_method and conn.link_address:
@@ -98,30 +137,45 @@ class Forwarder:
                         conn = choose(replicas, exclude=conn)
                         continue
                     details = f"model {name!r} on {conn.replica.runtime_id} ({conn.address}) is unavailable: {details}"
-                await context.abort(code, details)
+                raise error_for(code, details)
             raise AssertionError("unreachable")
 
-        return handler
+        return forward
 
     async def stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
         """ModelStreamInfer: each request goes to a replica of its own model.
 
         One upstream stream is opened per replica the stream's requests need; their
         responses are merged back in the order each replica sends them. A request that
-        cannot be routed gets an error response, and the stream goes on.
+        cannot be routed gets an error response, and the stream goes on. Each request is
+        audited with the response its replica sends for it (replicas answer a stream's
+        requests in order).
         """
         # Bounded: a slow reader holds back the runtimes instead of filling the router's memory.
         out: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=STREAM_BUFFER)
         upstreams: dict[str, grpc.aio.StreamStreamCall[bytes, bytes]] = {}
+        awaiting: dict[str, deque[tuple[Call, bytes]]] = {}
         pumps: list[asyncio.Task[None]] = []
         timeout = context.time_remaining()
         metadata = forwarded_metadata(context)
+        audit = self.audit if self.audit.enabled else None
+        peer = context.peer() if audit else ""
 
-        async def pump(conn: Connection, call: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+        def audited(call: Call, request: bytes, response: bytes | None, code: grpc.StatusCode, message: str) -> None:
+            if audit is not None:
+                audit.record(call, request, response, code, message, peer, metadata)
+
+        async def pump(conn: Connection, upstream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
+            pending = awaiting[conn.address]
             try:
-                async for response in call:
+                async for response in upstream:
+                    if pending:
+                        audited(*pending.popleft(), response, _OK, "")
                     await out.put(response)
             except grpc.aio.AioRpcError as e:
+                for call, request in pending:
+                    audited(call, request, None, e.code(), e.details() or e.code().name)
+                pending.clear()
                 await out.put(e)
             finally:
                 conn.inflight -= 1
@@ -129,24 +183,31 @@ class Forwarder:
         async def read_requests() -> None:
             try:
                 async for request in requests:
+                    call = Call("ModelStreamInfer")
                     try:
-                        name, version = string_fields(request, 1, 2)
-                        _, replicas = self.resolver.resolve(name, version)
+                        call.model, call.requested_version = name, version = string_fields(request, 1, 2)
+                        self.audit.precheck(name)
+                        call.resolved_version, replicas = self.resolver.resolve(name, version)
                     except MeshError as e:
+                        audited(call, request, None, e.code, e.message)
                         await out.put(oip.ModelStreamInferResponse(error_message=e.message).SerializeToString())
                         continue
                     sticky = next((r for r in replicas if r.address in upstreams), None)
                     conn = self.pool.get(sticky) if sticky else self.pool.choose(replicas)
-                    call = upstreams.get(conn.address)
-                    if call is None:
-                        call = conn.stream()(timeout=timeout, metadata=metadata)
-                        upstreams[conn.address] = call
+                    call.replica = conn.replica
+                    upstream = upstreams.get(conn.address)
+                    if upstream is None:
+                        upstream = conn.stream()(timeout=timeout, metadata=metadata)
+                        upstreams[conn.address] = upstream
+                        awaiting[conn.address] = deque()
                         conn.inflight += 1
-                        pumps.append(asyncio.create_task(pump(conn, call)))
-                    await call.write(request)
-                for call in upstreams.values():
+                        pumps.append(asyncio.create_task(pump(conn, upstream)))
+                    if audit is not None:
+                        awaiting[conn.address].append((call, request))
+                    await upstream.write(request)
+                for upstream in upstreams.values():
                     with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                        await call.done_writing()
+                        await upstream.done_writing()
                 await asyncio.gather(*pumps)
             finally:
                 await out.put(None)
@@ -161,7 +222,11 @@ class Forwarder:
             await reader
         finally:
             reader.cancel()
-            for call in upstreams.values():
-                call.cancel()
+            for upstream in upstreams.values():
+                upstream.cancel()
             for task in pumps:
                 task.cancel()
+            for pending in awaiting.values():  # the caller left before these were answered
+                for call, request in pending:
+                    audited(call, request, None, _CANCELLED, "the stream ended before the answer")
+                pending.clear()

@@ -8,6 +8,8 @@ from typing import Any
 
 import grpc
 
+from meshserve.audit.publisher import EventPublisher
+from meshserve.audit.spool import Spool
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
 from meshserve.link import MODEL_INFER
@@ -17,6 +19,7 @@ from meshserve.registry.cache import RegistryCache
 from meshserve.settings import load_settings, setup_logging
 
 from .admin import RegistryServicer
+from .audit import CallAudit
 from .forward import Forwarder
 from .replicas import ConnectionPool
 from .resolve import Resolver
@@ -48,12 +51,18 @@ class Router:
         self.pool = ConnectionPool(settings.max_message_bytes, settings.use_link)
         self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed)
         resolver = Resolver(self.cache)
-        self.forwarder = Forwarder(resolver, self.pool, settings.eject_s)
+        publisher = None
+        if settings.nats_url:
+            spool = Spool(settings.data_dir / "audit-spool", settings.audit_spool_max_bytes)
+            publisher = EventPublisher(settings.nats_url, spool)
+        self.audit = CallAudit(publisher, self.cache.audit_policies, settings.router_id,
+                               settings.audit_capture_max_bytes)
+        self.forwarder = Forwarder(resolver, self.pool, settings.eject_s, self.audit)
         mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s)
         self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)
         fwd = self.forwarder
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-            "ModelInfer": _raw(fwd.unary("ModelInfer", link_method=MODEL_INFER)),
+            "ModelInfer": _raw(fwd.unary("ModelInfer", link_method=MODEL_INFER, audited=True)),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(fwd.stream_infer),
             "ModelConfig": _raw(fwd.unary("ModelConfig")),
             "ModelStatistics": _raw(fwd.unary("ModelStatistics")),
@@ -79,6 +88,9 @@ class Router:
     async def start(self) -> None:
         """Load the registry, then listen on the configured port (see :attr:`address`)."""
         await self.cache.start(wait=self.settings.etcd_wait_s)
+        await self.audit.start()
+        if not self.audit.enabled:
+            log.warning("auditing is OFF: no --nats-url, so calls leave no audit trail")
         address = self.grpc.bind(self.settings.host, self.settings.port)
         await self.grpc.start()
         log.info("router serving the inference protocol on %s (etcd %s)", address, self.settings.etcd_endpoint)
@@ -88,6 +100,7 @@ class Router:
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.grpc.stop(grace)
+        await self.audit.stop()
         await self.cache.stop()
         await self.pool.close()
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -19,6 +23,18 @@ class RouterSettings(ServiceSettings):
     )
     use_link: bool = Field(
         True, description="call runtimes that offer one over the mesh link rather than gRPC (faster)"
+    )
+    nats_url: str = Field(
+        "", description='NATS server taking call events (e.g. "nats://127.0.0.1:4222"); "" turns auditing off'
+    )
+    data_dir: Path = Field(
+        Path("meshserve-data/router"), description="where the router keeps its audit spool (one folder per router)"
+    )
+    router_id: str = Field(default_factory=lambda: f"router-{socket.gethostname()}-{os.getpid()}",
+                           description="this router's name in call events")
+    audit_spool_max_bytes: int = Field(256 * 1024 * 1024, description="most disk the audit spool may use")
+    audit_capture_max_bytes: int = Field(
+        64 * 1024, description="largest tensor stored when a model's policy captures payloads (its own cap wins)"
     )
     eject_s: float = Field(
         2.0, description="how long a replica that failed with UNAVAILABLE is avoided when others exist"

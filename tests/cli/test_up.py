@@ -56,7 +56,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def mesh_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
     announce = tmp_path / "up.json"
     proc = subprocess.Popen(
-        [MESHSERVE, "up", "--router-port", "0", "--etcd-port", "0", "--data-dir", str(tmp_path / "data"),
+        [MESHSERVE, "up", "--router-port", "0", "--etcd-port", "0", "--nats-port", "0", "--audit-port", "0",
+         "--data-dir", str(tmp_path / "data"),
          "--announce-file", str(announce)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={**os.environ, "COLUMNS": "200"},

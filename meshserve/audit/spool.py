@@ -1,0 +1,107 @@
+"""A bounded on-disk spool of call events, for when the broker cannot take them.
+
+Events are appended to segment files in a directory of the router's, each record a
+little-endian u32 length, a u32 CRC-32 and the event bytes. A torn record at the end of
+a segment (a crash mid-write) is detected by its length or CRC and ignored. Segments are
+replayed oldest first and deleted only once every event in them was acknowledged, so
+the spool survives a router restart and loses nothing it accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+
+_RECORD = struct.Struct("<II")
+SEGMENT_BYTES = 4 * 1024 * 1024
+
+
+class SpoolFull(Exception):
+    """The spool holds its maximum: the event was not written."""
+
+
+class Spool:
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+        self._segments = sorted(directory.glob("segment-*.spool"), key=self._number)
+        self._size = sum(p.stat().st_size for p in self._segments)
+        self._current: BinaryIO | None = None
+        self._current_path: Path | None = None
+
+    @staticmethod
+    def _number(path: Path) -> int:
+        return int(path.stem.split("-")[1])
+
+    @property
+    def size(self) -> int:
+        """Bytes held on disk."""
+        return self._size
+
+    def has_room(self, length: int = 0) -> bool:
+        return self._size + _RECORD.size + length <= self.max_bytes
+
+    def append(self, events: list[bytes], *, sync: bool = False) -> None:
+        """Write events at the end of the spool; ``sync`` waits until they are on disk."""
+        needed = sum(_RECORD.size + len(e) for e in events)
+        if self._size + needed > self.max_bytes:
+            raise SpoolFull(f"the audit spool in {self.directory} is full ({self._size} of {self.max_bytes} bytes)")
+        out = self._writable()
+        out.write(b"".join(_RECORD.pack(len(e), zlib.crc32(e)) + e for e in events))
+        out.flush()
+        if sync:
+            os.fsync(out.fileno())
+        self._size += needed
+        if out.tell() >= SEGMENT_BYTES:
+            self._seal()
+
+    def _writable(self) -> BinaryIO:
+        if self._current is None:
+            number = self._number(self._segments[-1]) + 1 if self._segments else 1
+            self._current_path = self.directory / f"segment-{number:09d}.spool"
+            self._current = open(self._current_path, "ab")  # noqa: SIM115 - kept open across appends
+            self._segments.append(self._current_path)
+        return self._current
+
+    def _seal(self) -> None:
+        if self._current is not None:
+            self._current.close()
+            self._current = None
+
+    def sealed_segments(self) -> list[Path]:
+        """Segments ready to replay, oldest first (the one being written is sealed first)."""
+        self._seal()
+        return list(self._segments)
+
+    def remove(self, segment: Path) -> None:
+        """Drop a segment whose events were all acknowledged."""
+        size = segment.stat().st_size if segment.exists() else 0
+        segment.unlink(missing_ok=True)
+        self._segments = [s for s in self._segments if s != segment]
+        self._size = max(0, self._size - size)
+
+    def close(self) -> None:
+        self._seal()
+
+
+def read_segment(path: Path) -> Iterator[bytes]:
+    """The events of one segment, stopping at a torn or corrupt record."""
+    data = path.read_bytes()
+    offset = 0
+    while offset + _RECORD.size <= len(data):
+        length, crc = _RECORD.unpack_from(data, offset)
+        start = offset + _RECORD.size
+        event = data[start:start + length]
+        if len(event) < length or zlib.crc32(event) != crc:
+            log.warning("audit spool %s: torn record at byte %d ignored", path.name, offset)
+            return
+        yield event
+        offset = start + length

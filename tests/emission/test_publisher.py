@@ -1,0 +1,108 @@
+"""Call events reach JetStream, or wait in the spool until the broker is back (real NATS)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from meshserve.audit.publisher import Event, EventPublisher
+from meshserve.audit.spool import Spool
+from meshserve.audit.stream import STREAM
+from meshserve.errors import Unavailable
+from meshserve.local.nats import NatsServer
+from meshserve.protos.meshserve.audit.v1 import audit_pb2
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats", tmp_path / "nats.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+def events(n: int) -> list[Event]:
+    out = []
+    for _ in range(n):
+        event = audit_pb2.CallEvent(event_id=uuid.uuid4().hex, model="iris")
+        out.append((event.event_id, event.SerializeToString(deterministic=True)))
+    return out
+
+
+async def stored_ids(url: str) -> list[str]:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(STREAM)
+        ids = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            message = await js.get_msg(STREAM, seq)
+            ids.append(audit_pb2.CallEvent.FromString(message.data).event_id)
+        return ids
+    finally:
+        await nc.close()
+
+
+async def until(check: Callable[[], bool], within_s: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within_s
+    while not check():
+        assert loop.time() < end, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def publisher(broker: NatsServer, tmp_path: Path) -> AsyncIterator[EventPublisher]:
+    publisher = EventPublisher(broker.url, Spool(tmp_path / "spool", 1 << 20), ack_timeout_s=1.0)
+    await publisher.start()
+    await until(lambda: publisher.connected)
+    yield publisher
+    await publisher.stop()
+
+
+async def test_events_are_stored_once_each(publisher: EventPublisher, broker: NatsServer) -> None:
+    sent = events(50)
+    await publisher.publish(sent)
+    await publisher.publish(sent[:10])  # a replay after a lost ack: JetStream drops the duplicates
+    assert await stored_ids(broker.url) == [event_id for event_id, _ in sent]
+
+
+async def test_an_outage_spools_and_the_return_replays(publisher: EventPublisher, broker: NatsServer) -> None:
+    before, during = events(5), events(20)
+    await publisher.publish(before)
+    await asyncio.to_thread(broker.stop)
+    await until(lambda: not publisher.connected)
+    await publisher.publish(during)  # returns at once: the events go to disk
+    assert publisher.spooled == 20 and publisher.spool.size > 0
+    await asyncio.to_thread(broker.start)
+    await until(lambda: publisher.spool.size == 0, within_s=15)
+    assert await stored_ids(broker.url) == [event_id for event_id, _ in before + during]
+
+
+async def test_a_restarted_router_replays_what_it_spooled(broker: NatsServer, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "router-spool"
+    spooled = events(7)
+    Spool(spool_dir, 1 << 20).append([data for _, data in spooled], sync=True)  # left by a killed router
+    publisher = EventPublisher(broker.url, Spool(spool_dir, 1 << 20))
+    await publisher.start()
+    try:
+        await until(lambda: publisher.spool.size == 0, within_s=15)
+        assert await stored_ids(broker.url) == [event_id for event_id, _ in spooled]
+    finally:
+        await publisher.stop()
+
+
+async def test_durable_publishing_refuses_when_nothing_can_keep_the_event(tmp_path: Path) -> None:
+    publisher = EventPublisher("nats://127.0.0.1:1", Spool(tmp_path / "spool", 10))  # no broker, tiny spool
+    await publisher.start()
+    try:
+        assert not publisher.can_queue_durably()
+        with pytest.raises(Unavailable, match="could not be durably queued"):
+            await publisher.publish_durably(events(1)[0])
+    finally:
+        await publisher.stop()
