@@ -275,7 +275,9 @@ class QueryRequest(_message.Message):
     page_token: _builtins.str
     """From a previous response's next_page_token."""
     follow: _builtins.bool
-    """After the matching records, keep streaming new ones as they are stored."""
+    """Stream the newest `limit` matching records (or those after page_token), then keep
+    streaming new ones as they are stored, until the caller cancels.
+    """
     def __init__(
         self,
         *,

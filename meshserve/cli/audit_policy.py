@@ -1,0 +1,101 @@
+"""``meshserve audit policy``: how the mesh audits each model (kept in etcd)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from google.protobuf import json_format
+from rich.table import Table
+
+from meshserve.cli.common import cli_errors, console
+from meshserve.names import check_model_name
+from meshserve.protos.meshserve.audit.v1 import audit_pb2
+from meshserve.registry import keys
+from meshserve.registry.etcd import connect
+
+policy_app = typer.Typer(help="Per-model audit policy: payload capture, redaction, strict mode.",
+                         no_args_is_help=True)
+
+EtcdOption = Annotated[str, typer.Option("--etcd", envvar="MESHSERVE_ETCD", help="etcd host:port of the mesh")]
+DEFAULT_ETCD = "127.0.0.1:2379"
+
+
+async def _read(etcd: str, model: str) -> dict[str, audit_pb2.AuditPolicy]:
+    client = await connect(etcd, wait=3)
+    try:
+        if model:
+            found = await client.get(keys.audit_policy_key(model))
+            return {model: audit_pb2.AuditPolicy.FromString(found.value)} if found else {}
+        policies = {}
+        for kv in await client.get_prefix(keys.AUDIT_POLICIES.encode()):
+            name = keys.parse_audit_policy_key(kv.key)
+            if name:
+                policies[name] = audit_pb2.AuditPolicy.FromString(kv.value)
+        return policies
+    finally:
+        await client.close()
+
+
+async def _write(etcd: str, model: str, policy: audit_pb2.AuditPolicy | None) -> None:
+    client = await connect(etcd, wait=3)
+    try:
+        if policy is None:
+            await client.delete(keys.audit_policy_key(model))
+        else:
+            await client.put(keys.audit_policy_key(model), policy.SerializeToString())
+    finally:
+        await client.close()
+
+
+def _table(policies: dict[str, audit_pb2.AuditPolicy]) -> Table:
+    table = Table(title="audit policies")
+    for column in ("model", "capture payloads", "max payload bytes", "redacted inputs", "strict"):
+        table.add_column(column)
+    for model, p in sorted(policies.items()):
+        table.add_row(model, "yes" if p.capture_payloads else "no", str(p.max_payload_bytes or "router default"),
+                      ", ".join(p.redact_inputs) or "-", "yes" if p.strict else "no")
+    return table
+
+
+@policy_app.command("set")
+@cli_errors
+def set_policy(
+    model: Annotated[str, typer.Argument(help="model name")],
+    capture: Annotated[bool, typer.Option(help="store tensors, not only their digests")] = False,
+    max_payload_bytes: Annotated[int, typer.Option(min=0, help="largest tensor stored (0: router default)")] = 0,
+    redact: Annotated[list[str] | None, typer.Option(help="an input never stored (repeatable)")] = None,
+    strict: Annotated[bool, typer.Option(help="refuse calls whose event cannot be durably queued")] = False,
+    etcd: EtcdOption = DEFAULT_ETCD,
+) -> None:
+    """Set MODEL's audit policy; routers apply it within a second."""
+    check_model_name(model)
+    policy = audit_pb2.AuditPolicy(capture_payloads=capture, max_payload_bytes=max_payload_bytes,
+                                   redact_inputs=redact or [], strict=strict)
+    asyncio.run(_write(etcd, model, policy))
+    console.print(_table({model: policy}))
+
+
+@policy_app.command("show")
+@cli_errors
+def show_policy(
+    model: Annotated[str, typer.Argument(help="only this model")] = "",
+    json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    etcd: EtcdOption = DEFAULT_ETCD,
+) -> None:
+    """Show the audit policies set (models without one are audited with digests only)."""
+    policies = asyncio.run(_read(etcd, model))
+    if json:
+        for name, p in sorted(policies.items()):
+            console.print_json(data={"model": name, **json_format.MessageToDict(p)})
+    else:
+        console.print(_table(policies))
+
+
+@policy_app.command("clear")
+@cli_errors
+def clear_policy(model: Annotated[str, typer.Argument(help="model name")], etcd: EtcdOption = DEFAULT_ETCD) -> None:
+    """Remove MODEL's policy: back to digests only, not strict."""
+    asyncio.run(_write(etcd, check_model_name(model), None))
+    console.print(f"audit policy of {model!r} cleared")

@@ -1,0 +1,76 @@
+"""Assembling and running the audit service: store, JetStream consumer and AuditService."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from meshserve.grpcutil.server import ServiceServer
+from meshserve.lifecycle import run_until_signalled
+from meshserve.protos.meshserve.audit.v1 import audit_pb2_grpc
+from meshserve.settings import load_settings, setup_logging
+
+from .consumer import Consumer
+from .dialects import StoreError
+from .servicer import AuditServicer
+from .settings import AuditSettings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+AUDIT_SERVICE = "meshserve.audit.v1.AuditService"
+
+
+class AuditService:
+    """The store, the consumer feeding it and the gRPC server reading it, started and stopped together."""
+
+    def __init__(self, settings: AuditSettings) -> None:
+        self.settings = settings
+        self.grpc = ServiceServer([AUDIT_SERVICE], max_message_bytes=settings.max_message_bytes)
+        self.store: Store | None = None
+        self.consumer: Consumer | None = None
+
+    @property
+    def address(self) -> str:
+        return self.grpc.address
+
+    async def start(self) -> None:
+        """Open the database (failing fast if it is unusable), serve, and start consuming in the background."""
+        self.store = await asyncio.to_thread(Store.open, self.settings.database)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.store), self.grpc.server)
+        address = self.grpc.bind(self.settings.host, self.settings.port)
+        await self.grpc.start()
+        self.consumer = Consumer(self.store, self.settings)
+        self.consumer.start()
+        log.info("audit service on %s (database %s, NATS %s)", address, self.store.dialect.describe(),
+                 self.settings.nats_url)
+
+    def announcement(self) -> dict[str, str]:
+        return {"address": self.address}
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+        await self.grpc.stop(grace)
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
+
+
+def create_server(settings: AuditSettings) -> AuditService:
+    return AuditService(settings)
+
+
+async def serve(settings: AuditSettings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully."""
+    await run_until_signalled(create_server(settings), "audit service", settings.announce_file)
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = load_settings(AuditSettings, argv, prog="meshserve audit-service")
+    setup_logging(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except StoreError as e:
+        log.error("%s", e)
+        sys.exit(1)

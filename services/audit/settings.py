@@ -1,0 +1,30 @@
+"""Settings of the audit service."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from meshserve.audit.stream import DEFAULT_MAX_AGE_S
+from meshserve.settings import ServiceSettings
+
+
+class AuditSettings(ServiceSettings):
+    """The meshserve audit service: stores every call event in a tamper-evident trail and answers queries."""
+
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_AUDIT_")
+
+    port: int = Field(8003, description="port for the AuditService gRPC API")
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server carrying the call-event stream")
+    database: str = Field(
+        "sqlite:///meshserve-audit.db",
+        description="sqlite:///PATH (relative; sqlite:////abs/path for absolute) or postgresql://user@host:port/db",
+    )
+    batch_size: int = Field(500, ge=1, le=10_000, description="events fetched and committed per transaction")
+    consumer: str = Field("audit-store", description="name of the durable JetStream consumer")
+    stream_max_age_s: float = Field(
+        DEFAULT_MAX_AGE_S, gt=0, description="how long the stream keeps events, if this service creates it"
+    )
+    ack_wait_s: float = Field(
+        30.0, gt=0, description="seconds JetStream waits for an ack before redelivering an event"
+    )
