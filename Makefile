@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.meshserve-installed
 
-.PHONY: venv examples up test lint protos lock bench
+.PHONY: venv examples system-deps up test lint protos lock bench
 
 venv: $(STAMP)
 
@@ -30,7 +30,15 @@ examples: venv
 up: venv examples
 	$(BIN)/meshserve up
 
-test: venv examples
+# PostgreSQL for the audit store's tests: Debian's package, installed when missing (as root).
+system-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing PostgreSQL (Debian package postgresql) for the audit store tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	else echo "PostgreSQL is missing and this is not root: the PostgreSQL audit tests will be skipped"; fi
+
+test: venv examples system-deps
 	$(BIN)/pytest tests
 	$(MAKE) lint
 
@@ -49,3 +57,4 @@ lock: venv
 
 bench: venv examples
 	$(BIN)/python bench/run.py
+	$(BIN)/python -m meshserve.services.audit.bench --events 50000

@@ -41,6 +41,7 @@ def _jsonable(array: np.ndarray) -> Any:
 def infer(
     model: Annotated[str, typer.Argument(help="model name")],
     version: Annotated[str, typer.Option("--version", "-v", help="model version (default: the router's)")] = "",
+    request_id: Annotated[str, typer.Option("--request-id", help="the request's id (to find it in the audit)")] = "",
     input_flags: Annotated[
         list[str] | None,
         typer.Option("--input", "-i", help="NAME=JSON-ARRAY, repeatable: features='[[5.1, 3.5, 1.4, 0.2]]'"),
@@ -73,7 +74,7 @@ def infer(
             pb.ModelMetadataRequest(name=model, version=version), timeout=timeout
         )
         arrays = shape_inputs(values, metadata)
-        request = build_request(model, arrays, model_version=version)
+        request = build_request(model, arrays, model_version=version, request_id=request_id)
         response: pb.ModelInferResponse = model_infer(request, timeout=timeout)
     outputs = decode_response(response)
     datatypes = {o.name: o.datatype for o in response.outputs}
