@@ -53,7 +53,9 @@ class Spool:
         """Write events at the end of the spool; ``sync`` waits until they are on disk."""
         needed = sum(_RECORD.size + len(e) for e in events)
         if self._size + needed > self.max_bytes:
-            raise SpoolFull(f"the audit spool in {self.directory} is full ({self._size} of {self.max_bytes} bytes)")
+            free = max(0, self.max_bytes - self._size)
+            raise SpoolFull(f"the audit spool in {self.directory} has {free} of {self.max_bytes} bytes free, "
+                            f"and {needed} are needed")
         out = self._writable()
         out.write(b"".join(_RECORD.pack(len(e), zlib.crc32(e)) + e for e in events))
         out.flush()

@@ -165,12 +165,24 @@ class Forwarder:
             if audit is not None:
                 audit.record(call, request, response, code, message, peer, metadata)
 
+        async def settle(call: Call, request: bytes, response: bytes) -> bytes:
+            """Audit one answered request; a strict model's answer waits for a durable event."""
+            if audit is None or not audit.strict(call.model):
+                audited(call, request, response, _OK, "")
+                return response
+            try:
+                await audit.record_durably(call, request, response, _OK, "", peer, metadata)
+            except MeshError as e:
+                audited(call, request, None, e.code, e.message)
+                return oip.ModelStreamInferResponse(error_message=e.message).SerializeToString()
+            return response
+
         async def pump(conn: Connection, upstream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
             pending = awaiting[conn.address]
             try:
                 async for response in upstream:
                     if pending:
-                        audited(*pending.popleft(), response, _OK, "")
+                        response = await settle(*pending.popleft(), response)
                     await out.put(response)
             except grpc.aio.AioRpcError as e:
                 for call, request in pending:

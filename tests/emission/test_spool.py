@@ -30,7 +30,7 @@ def test_a_torn_record_at_the_end_is_ignored(tmp_path: Path) -> None:
 def test_a_full_spool_refuses_and_frees_room_once_replayed(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 100)
     spool.append([b"x" * 60])
-    with pytest.raises(SpoolFull, match="full"):
+    with pytest.raises(SpoolFull, match="bytes free"):
         spool.append([b"y" * 60])
     (segment,) = spool.sealed_segments()
     spool.remove(segment)
