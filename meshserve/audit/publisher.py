@@ -1,10 +1,11 @@
 """Delivering call events to JetStream without ever making a call wait for the broker.
 
-Events go to JetStream with their event id as ``Nats-Msg-Id``, and count as delivered
-once JetStream acknowledges them. What the broker does not acknowledge in time (it is
-down, or the connection dropped) goes to the on-disk spool, which a background task
-replays once the broker is back; JetStream's duplicate window drops any event that was
-in fact stored before its ack was lost. Only a full spool loses events: they are
+Events travel in batches (``CallEventBatch``, one JetStream message each, its batch id
+as ``Nats-Msg-Id``) and count as delivered once JetStream acknowledges the batch. What
+the broker does not acknowledge in time (it is down, or the connection dropped) goes to
+the on-disk spool, which a background task replays once the broker is back; JetStream's
+duplicate window drops a batch that was in fact stored before its ack was lost, and the
+audit service skips events it already holds. Only a full spool loses events: they are
 counted and logged, and strict callers are refused instead (see ``publish_durably``).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,13 +24,39 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from meshserve.audit.spool import Spool, SpoolFull, read_segment
-from meshserve.audit.stream import SUBJECT, ensure_stream
+from meshserve.audit.stream import BATCH_SUBJECT, ensure_stream
 from meshserve.errors import Unavailable
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 
 log = logging.getLogger(__name__)
 
 Event = tuple[str, bytes]  # (event id, serialized CallEvent)
+Batch = tuple[str, bytes]  # (batch id, serialized CallEventBatch)
+
+# Batches stay under NATS's default 1 MiB message limit.
+MAX_BATCH_EVENTS = 1000
+MAX_BATCH_BYTES = 900 * 1024
+
+
+def batches(events: Sequence[Event]) -> list[Batch]:
+    """Group events into batches of bounded count and size (an oversized event travels alone)."""
+    out: list[Batch] = []
+    current: list[bytes] = []
+    size = 0
+
+    def close() -> None:
+        batch = audit_pb2.CallEventBatch(batch_id=uuid.uuid4().hex, events=current)
+        out.append((batch.batch_id, batch.SerializeToString()))
+
+    for _, data in events:
+        if current and (len(current) >= MAX_BATCH_EVENTS or size + len(data) > MAX_BATCH_BYTES):
+            close()
+            current, size = [], 0
+        current.append(data)
+        size += len(data)
+    if current:
+        close()
+    return out
 
 
 class EventPublisher:
@@ -36,6 +64,7 @@ class EventPublisher:
         self.nats_url = nats_url
         self.spool = spool
         self.ack_timeout_s = ack_timeout_s
+        # Counted in batches (published, spooled) and in events (dropped).
         self.published = 0
         self.spooled = 0
         self.dropped = 0
@@ -75,51 +104,54 @@ class EventPublisher:
 
     async def publish(self, events: Sequence[Event]) -> None:
         """Deliver events to JetStream, or to the spool; never raises."""
-        failed = await self._send(events) if self.connected else list(events)
+        grouped = batches(events)
+        failed = await self._send(grouped) if self.connected else grouped
         if failed:
-            self._to_spool(failed, sync=False)
+            self._to_spool(failed)
 
     async def publish_durably(self, event: Event) -> None:
         """Deliver one event, or spool it on disk (fsync); Unavailable if neither is possible."""
-        if self.connected and not await self._send([event]):
+        grouped = batches([event])
+        if self.connected and not await self._send(grouped):
             return
         try:
-            self.spool.append([event[1]], sync=True)
+            self.spool.append([data for _, data in grouped], sync=True)
         except (SpoolFull, OSError) as e:
             raise Unavailable(f"the audit event could not be durably queued: the broker at {self.nats_url} "
                               f"is unreachable and {e}") from e
         self.spooled += 1
         self._replay_wanted.set()
 
-    async def _send(self, events: Sequence[Event]) -> list[Event]:
-        """Publish and wait for acks; return the events that were not acknowledged."""
+    async def _send(self, grouped: Sequence[Batch]) -> list[Batch]:
+        """Publish batches and wait for their acks; return the batches not acknowledged."""
         assert self._js is not None
         futures: list[asyncio.Future[Any]] = []
         try:
-            for event_id, data in events:
-                futures.append(await self._js.publish_async(SUBJECT, data, headers={"Nats-Msg-Id": event_id},
-                                                            wait_stall=self.ack_timeout_s))
+            for batch_id, data in grouped:
+                futures.append(await self._js.publish_async(
+                    BATCH_SUBJECT, data, headers={"Nats-Msg-Id": batch_id}, wait_stall=self.ack_timeout_s))
         except Exception as e:  # noqa: BLE001 - any broker trouble means: spool the rest
             log.debug("audit publish failed: %s", e)
         if futures:
             await asyncio.wait(futures, timeout=self.ack_timeout_s)
         failed = []
-        for i, event in enumerate(events):
+        for i, batch in enumerate(grouped):
             future = futures[i] if i < len(futures) else None
             if future is None or not future.done() or future.cancelled() or future.exception() is not None:
                 if future is not None and not future.done():
                     future.cancel()
-                failed.append(event)
-        self.published += len(events) - len(failed)
+                failed.append(batch)
+        self.published += len(grouped) - len(failed)
         return failed
 
-    def _to_spool(self, events: Sequence[Event], *, sync: bool) -> None:
+    def _to_spool(self, grouped: Sequence[Batch]) -> None:
         try:
-            self.spool.append([data for _, data in events], sync=sync)
-            self.spooled += len(events)
+            self.spool.append([data for _, data in grouped])
+            self.spooled += len(grouped)
         except (SpoolFull, OSError) as e:
-            self.dropped += len(events)
-            log.error("LOST %d audit events (%d so far): %s", len(events), self.dropped, e)
+            lost = sum(len(audit_pb2.CallEventBatch.FromString(data).events) for _, data in grouped)
+            self.dropped += lost
+            log.error("LOST %d audit events (%d so far): %s", lost, self.dropped, e)
             return
         self._replay_wanted.set()
 
@@ -177,10 +209,10 @@ class EventPublisher:
                 self._replay_wanted.set()
 
     async def _replay(self, segment: Path) -> bool:
-        events = [(audit_pb2.CallEvent.FromString(data).event_id, data) for data in read_segment(segment)]
-        for start in range(0, len(events), 500):
-            if await self._send(events[start:start + 500]):
+        grouped = [(audit_pb2.CallEventBatch.FromString(data).batch_id, data) for data in read_segment(segment)]
+        for start in range(0, len(grouped), 100):
+            if await self._send(grouped[start:start + 100]):
                 return False
         self.spool.remove(segment)
-        log.info("replayed %d spooled audit events from %s", len(events), segment.name)
+        log.info("replayed %d spooled audit batches from %s", len(grouped), segment.name)
         return True

@@ -10,7 +10,12 @@ from nats.js.errors import NotFoundError
 log = logging.getLogger(__name__)
 
 STREAM = "MESHSERVE_AUDIT"
+# One CallEvent per message (any producer may publish here).
 SUBJECT = "meshserve.audit.v1.calls"
+# One CallEventBatch per message (what routers publish).
+BATCH_SUBJECT = "meshserve.audit.v1.batches"
+# The stream holds, and the audit service reads, both.
+SUBJECTS = "meshserve.audit.v1.>"
 # JetStream drops a message whose Nats-Msg-Id it saw within this window: a router that
 # replays its spool after an ack was lost cannot store an event twice.
 DUPLICATE_WINDOW_S = 600.0
@@ -20,12 +25,15 @@ DEFAULT_MAX_AGE_S = 7 * 24 * 3600.0
 async def ensure_stream(js: JetStreamContext, *, max_age_s: float = DEFAULT_MAX_AGE_S) -> None:
     """Create the audit stream if it does not exist (routers and the audit service both call this)."""
     try:
-        await js.stream_info(STREAM)
+        info = await js.stream_info(STREAM)
+        if info.config.subjects != [SUBJECTS]:
+            info.config.subjects = [SUBJECTS]
+            await js.update_stream(info.config)
         return
     except NotFoundError:
         pass
     config = api.StreamConfig(
-        name=STREAM, subjects=[SUBJECT], storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
+        name=STREAM, subjects=[SUBJECTS], storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
         max_age=max_age_s, duplicate_window=DUPLICATE_WINDOW_S,
     )
     try:

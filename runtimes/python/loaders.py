@@ -1,7 +1,8 @@
 """Turning a manifest and its artifact into something that predicts.
 
-Each loader returns a :class:`Backend`. ``predict`` is synchronous and runs in the
-runtime's thread pool; a backend with ``is_async`` set is awaited on the event loop.
+Each loader returns a :class:`meshserve.runtime.Backend`. ``predict`` is synchronous
+and runs in the runtime's thread pool; a backend with ``is_async`` set is awaited on the
+event loop.
 """
 
 from __future__ import annotations
@@ -15,31 +16,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from meshserve.errors import FailedPrecondition, InvalidArgument
+from meshserve.runtime import Arrays, Backend, Manifest
 
-from .manifest import Manifest
 from .model import Model
 
-Arrays = dict[str, np.ndarray]
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
-
-
-class Backend:
-    """A loaded model version."""
-
-    platform = ""
-    is_async = False
-
-    def predict(self, inputs: Arrays, wanted: Sequence[str]) -> Arrays:
-        raise NotImplementedError
-
-    async def apredict(self, inputs: Arrays, wanted: Sequence[str]) -> Arrays:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        return None
 
 
 class SklearnBackend(Backend):
@@ -200,4 +182,6 @@ async def load_backend(name: str, version: str, path: Path, manifest: Manifest) 
         return await asyncio.to_thread(load_sklearn, path, manifest)
     if manifest.framework == "onnx":
         return await asyncio.to_thread(load_onnx, path, manifest)
-    return await load_python(name, version, path, manifest)
+    if manifest.framework == "python":
+        return await load_python(name, version, path, manifest)
+    raise InvalidArgument(f"the python runtime does not serve framework {manifest.framework!r}")

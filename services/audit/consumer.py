@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats
+from google.protobuf.message import DecodeError
 from nats.js import api
 
-from meshserve.audit.stream import STREAM, SUBJECT, ensure_stream
+from meshserve.audit.stream import BATCH_SUBJECT, STREAM, SUBJECTS, ensure_stream
+from meshserve.protos.meshserve.audit.v1 import audit_pb2
 
 from .settings import AuditSettings
 from .store import Incoming, Store
@@ -20,6 +22,17 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 1.0
 FETCH_TIMEOUT_S = 1.0
+
+
+def unbatch(data: bytes, subject: str) -> list[Incoming]:
+    """The events in one message: a router's batch, or a single event."""
+    if subject != BATCH_SUBJECT:
+        return [Incoming(data, subject)]
+    try:
+        batch = audit_pb2.CallEventBatch.FromString(data)
+    except DecodeError:
+        return [Incoming(data, subject)]  # not a batch: the store quarantines it
+    return [Incoming(event, subject) for event in batch.events]
 
 
 @dataclass
@@ -117,7 +130,7 @@ class Consumer:
             durable_name=self.settings.consumer, ack_policy=api.AckPolicy.EXPLICIT,
             ack_wait=self.settings.ack_wait_s, max_ack_pending=max(1000, 4 * self.settings.batch_size),
         )
-        sub = await js.pull_subscribe(SUBJECT, durable=self.settings.consumer, stream=STREAM, config=config)
+        sub = await js.pull_subscribe(SUBJECTS, durable=self.settings.consumer, stream=STREAM, config=config)
         log.info("consuming %s as durable consumer %r", STREAM, self.settings.consumer)
         self.subscribed.set()
         return sub
@@ -128,7 +141,7 @@ class Consumer:
                 msgs = await sub.fetch(self.settings.batch_size, timeout=FETCH_TIMEOUT_S)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
-            batch = [Incoming(bytes(m.data), m.subject) for m in msgs]
+            batch = [incoming for m in msgs for incoming in unbatch(bytes(m.data), m.subject)]
             try:
                 result = await asyncio.to_thread(self.store.ingest, batch)
             except Exception as e:  # noqa: BLE001 - a database hiccup must not lose the batch: redeliver it

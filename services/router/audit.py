@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 ANONYMOUS = "anonymous"
+BUILD_CHUNK = 32
 _NO_POLICY = audit_pb2.AuditPolicy()
 
 
@@ -65,8 +66,9 @@ class CallAudit:
     """Builds and hands over call events; a no-op when the router has no broker configured."""
 
     def __init__(self, publisher: EventPublisher | None, policies: Mapping[str, audit_pb2.AuditPolicy],
-                 router_id: str, capture_max_bytes: int) -> None:
+                 router_id: str, capture_max_bytes: int, flush_s: float = 0.05) -> None:
         self.publisher = publisher
+        self.flush_s = flush_s
         self.policies = policies
         self.router_id = router_id
         self.capture_max_bytes = capture_max_bytes
@@ -125,14 +127,18 @@ class CallAudit:
         assert self.publisher is not None
         while True:
             await self._wake.wait()
+            await asyncio.sleep(self.flush_s)  # let the calls of the next few milliseconds join the batch
             self._wake.clear()
-            events = self._drain()
+            events: list[Event] = []
+            while self._pending:
+                events += self._drain(BUILD_CHUNK)
+                await asyncio.sleep(0)  # building is CPU work: let calls in flight go on between chunks
             if events:
                 await self.publisher.publish(events)
 
-    def _drain(self) -> list[Event]:
+    def _drain(self, most: int | None = None) -> list[Event]:
         events: list[Event] = []
-        while self._pending:
+        while self._pending and (most is None or len(events) < most):
             item = self._pending.popleft()
             try:
                 event = self.build(*item)

@@ -56,7 +56,7 @@ class Router:
             spool = Spool(settings.data_dir / "audit-spool", settings.audit_spool_max_bytes)
             publisher = EventPublisher(settings.nats_url, spool)
         self.audit = CallAudit(publisher, self.cache.audit_policies, settings.router_id,
-                               settings.audit_capture_max_bytes)
+                               settings.audit_capture_max_bytes, settings.audit_flush_s)
         self.forwarder = Forwarder(resolver, self.pool, settings.eject_s, self.audit)
         mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s)
         self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)

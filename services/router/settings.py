@@ -32,6 +32,9 @@ class RouterSettings(ServiceSettings):
     )
     router_id: str = Field(default_factory=lambda: f"router-{socket.gethostname()}-{os.getpid()}",
                            description="this router's name in call events")
+    audit_flush_s: float = Field(
+        0.05, description="how long call events gather into one batch before they are published"
+    )
     audit_spool_max_bytes: int = Field(256 * 1024 * 1024, description="most disk the audit spool may use")
     audit_capture_max_bytes: int = Field(
         64 * 1024, description="largest tensor stored when a model's policy captures payloads (its own cap wins)"

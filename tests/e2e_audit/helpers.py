@@ -186,7 +186,8 @@ def spooled_events(spool: Path) -> list[audit_pb2.CallEvent]:
             (length,) = struct.unpack_from("<I", data, offset)
             if offset + 8 + length > len(data):
                 break
-            events.append(audit_pb2.CallEvent.FromString(data[offset + 8:offset + 8 + length]))
+            batch = audit_pb2.CallEventBatch.FromString(data[offset + 8:offset + 8 + length])
+            events += [audit_pb2.CallEvent.FromString(event) for event in batch.events]
             offset += 8 + length
     return events
 

@@ -147,3 +147,21 @@ async def test_start_fails_on_unknown_load_name(repository: Path,
                                                 settings_for: Callable[..., PythonRuntimeSettings]) -> None:
     with pytest.raises(NotFound, match="cannot load ghost"):
         await create_server(settings_for(repository, load="iris,ghost"), register=False).start()
+
+
+async def test_models_of_other_runtimes_are_ignored(tmp_path: Path,
+                                                    settings_for: Callable[..., PythonRuntimeSettings]) -> None:
+    io = "inputs: [{name: x, datatype: FP64, shape: [-1]}]\noutputs: [{name: y, datatype: FP64, shape: [-1]}]\n"
+    for model, text in (("mtcars", "runtime: r\nframework: rds\nartifact: m.rds\n" + io),
+                        ("bad", "framework: rds\nartifact: m.rds\n" + io)):
+        (tmp_path / model / "1").mkdir(parents=True)
+        (tmp_path / model / "1" / "manifest.yaml").write_text(text)
+    server = create_server(settings_for(tmp_path), register=False)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            models = await index(Stub(channel))
+            assert set(models) == {("bad", "1")}
+            assert "the python runtime does not serve framework 'rds'" in models[("bad", "1")][1]
+    finally:
+        await server.stop(0.5)

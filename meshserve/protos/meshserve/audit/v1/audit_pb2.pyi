@@ -175,6 +175,40 @@ class CallEvent(_message.Message):
 Global___CallEvent: _TypeAlias = CallEvent  # noqa: Y015
 
 @_typing.final
+class CallEventBatch(_message.Message):
+    """Several call events in one JetStream message (subject meshserve.audit.v1.batches).
+    Routers batch the events of a few milliseconds, so the broker and the audit service
+    work per batch rather than per call; each event is still stored, deduplicated and
+    chained on its own.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """The JetStream message id: a batch replayed from a router's spool is dropped by
+    the broker's duplicate window.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Each a serialized CallEvent, exactly the bytes the audit trail stores."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        events: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallEventBatch: _TypeAlias = CallEventBatch  # noqa: Y015
+
+@_typing.final
 class AuditPolicy(_message.Message):
     """How the mesh audits one model, stored at /meshserve/v1/audit-policies/<model>."""
 

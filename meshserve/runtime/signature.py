@@ -12,9 +12,8 @@ import numpy as np
 from meshserve.errors import Internal, InvalidArgument
 from meshserve.oip.datatypes import DATATYPES, datatype_of
 
+from .backend import Arrays
 from .manifest import Manifest, TensorSpec
-
-Arrays = dict[str, np.ndarray]
 
 
 def _shape_ok(expected: tuple[int, ...], actual: tuple[int, ...]) -> bool:

@@ -2,7 +2,8 @@
 
 Layout: ``<root>/<model>/<version>/manifest.yaml`` plus the artifact the manifest
 names. Versions load and unload independently; the empty version means the latest
-loaded one (numeric versions compare as numbers).
+loaded one (numeric versions compare as numbers). A runtime sees only the versions whose
+manifest names its kind (``runtime:``), so runtimes of several kinds share one folder.
 """
 
 from __future__ import annotations
@@ -13,17 +14,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from meshserve.errors import FailedPrecondition, InvalidArgument, MeshError, NotFound, Unavailable
 from meshserve.names import check_model_name, check_version, version_sort_key
 
-from .loaders import Backend, load_backend
-from .manifest import MANIFEST, Manifest, load_manifest
+from .backend import Backend, BackendLoader
+from .manifest import MANIFEST, Manifest, parse_manifest, read_manifest, runtime_of
 from .signature import Signature
 
 log = logging.getLogger(__name__)
-
-PLATFORMS = {"sklearn": "sklearn", "onnx": "onnxruntime", "python": "python"}
 
 
 class State(enum.Enum):
@@ -41,25 +41,24 @@ class ModelEntry:
     version: str
     path: Path
     manifest: Manifest | None = None
+    platform: str = ""
     state: State = State.AVAILABLE
     reason: str = ""
     backend: Backend | None = None
     signature: Signature | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    @property
-    def platform(self) -> str:
-        return PLATFORMS[self.manifest.framework] if self.manifest else ""
-
 
 OnChange = Callable[[ModelEntry], Awaitable[None]]
 
 
 class ModelRepository:
-    """Every model version under ``root``, loading and unloading them on request."""
+    """Every model version under ``root`` served by runtimes of ``kind``, loaded by ``loader``."""
 
-    def __init__(self, root: Path, on_change: OnChange | None = None) -> None:
+    def __init__(self, root: Path, kind: str, loader: BackendLoader, on_change: OnChange | None = None) -> None:
         self.root = root
+        self.kind = kind
+        self.loader = loader
         self.on_change = on_change
         self._models: dict[str, dict[str, ModelEntry]] = {}
         # (name, version) and (name, "") -> READY entry; the only lookup on the hot path.
@@ -83,18 +82,34 @@ class ModelRepository:
                 except InvalidArgument as e:
                     log.warning("skipping %s: %s", version_dir, e)
                     continue
-                versions = self._models.setdefault(name, {})
-                if version in versions:
+                if version in self._models.get(name, {}):
                     continue
                 entry = ModelEntry(name, version, version_dir)
                 try:
-                    entry.manifest = load_manifest(version_dir / MANIFEST)
-                    entry.signature = Signature(name, version, entry.manifest)
+                    data = read_manifest(version_dir / MANIFEST)
+                    if runtime_of(data) != self.kind:
+                        continue  # another kind of runtime serves it
+                    self._prepare(entry, data)
                 except MeshError as e:
                     entry.state, entry.reason = State.FAILED, e.message
-                versions[version] = entry
+                self._models.setdefault(name, {})[version] = entry
                 found.append(entry)
         return found
+
+    def _prepare(self, entry: ModelEntry, data: dict[str, Any]) -> None:
+        """Validate a version's manifest for this runtime and keep what serving it needs."""
+        path = entry.path / MANIFEST
+        manifest = parse_manifest(data, path, self.kind, self.loader.platforms)
+        if manifest.runtime != self.kind:
+            raise FailedPrecondition(f"{path} now names runtime {manifest.runtime!r}; this is the {self.kind} runtime")
+        if manifest.name is not None and manifest.name != entry.name:
+            raise InvalidArgument(f"invalid {path}: name {manifest.name!r} differs from its folder {entry.name!r}")
+        try:
+            self.loader.check(manifest)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"invalid {path}: {e.message}") from e
+        entry.manifest, entry.platform = manifest, self.loader.platforms[manifest.framework]
+        entry.signature = Signature(entry.name, entry.version, manifest)
 
     def entries(self) -> list[ModelEntry]:
         return [e for name in sorted(self._models) for e in self._sorted(self._models[name])]
@@ -177,14 +192,14 @@ class ModelRepository:
                 return
             try:
                 # Re-read the manifest: a failed version may have been fixed on disk.
-                entry.manifest = load_manifest(entry.path / MANIFEST)
-                entry.signature = Signature(entry.name, entry.version, entry.manifest)
+                self._prepare(entry, read_manifest(entry.path / MANIFEST))
             except MeshError as e:
                 await self._set(entry, State.FAILED, e.message)
                 return
+            assert entry.manifest is not None
             await self._set(entry, State.LOADING)
             try:
-                entry.backend = await load_backend(entry.name, entry.version, entry.path, entry.manifest)
+                entry.backend = await self.loader.load(entry.name, entry.version, entry.path, entry.manifest)
             except MeshError as e:
                 await self._set(entry, State.FAILED, e.message)
             except Exception as e:  # a model's own code may raise anything

@@ -1,4 +1,4 @@
-"""OIP gRPC servicer of the Python runtime: protobuf in, domain calls, protobuf out."""
+"""OIP gRPC servicer of a runtime: protobuf in, domain calls, protobuf out."""
 
 from __future__ import annotations
 
@@ -15,13 +15,12 @@ from meshserve.link import MODEL_INFER
 from meshserve.oip.codec import decode_inputs, encode_response
 from meshserve.protos.inference import grpc_service_pb2 as pb
 
-from .handlers import DataPlane
+from .dataplane import DataPlane
 from .manifest import TensorSpec
 
 log = logging.getLogger(__name__)
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-SERVER_NAME = "meshserve-python"
 EXTENSIONS = ["model_repository", "model_stream"]
 
 
@@ -56,8 +55,9 @@ RAW_REQUEST_METHODS = ("ModelInfer", "ModelStreamInfer")
 class InferenceServicer:
     """inference.GRPCInferenceService over a :class:`DataPlane`."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, kind: str) -> None:
         self.dataplane = dataplane
+        self.server_name = f"meshserve-{kind}"
 
     async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         requested = [o.name for o in request.outputs]
@@ -84,7 +84,7 @@ class InferenceServicer:
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Context
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=meshserve.__version__, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name=self.server_name, version=meshserve.__version__, extensions=EXTENSIONS)
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> pb.ModelReadyResponse:
         return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))

@@ -1,4 +1,4 @@
-"""What the Python runtime does for each call, with no transport code.
+"""What a runtime does for each call, with no transport code.
 
 The servicer hands over numpy arrays and gets numpy arrays back; errors are
 :class:`meshserve.errors.MeshError` subclasses carrying their status code.
@@ -11,12 +11,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
+from .backend import Arrays
 from .manifest import TensorSpec
 from .repository import ModelEntry, ModelRepository, State
-
-Arrays = dict[str, np.ndarray]
 
 # RepositoryIndex states, as Triton reports them.
 INDEX_STATES = {

@@ -1,0 +1,155 @@
+"""Life cycle of a runtime: create, start (bind, register, load), stop.
+
+A runtime of any kind is a :class:`RuntimeServer` given its settings, its kind and its
+:class:`~meshserve.runtime.backend.BackendLoader`; :func:`main` runs one as a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import meshserve
+from meshserve.errors import NotFound
+from meshserve.grpcutil.handlers import add_service
+from meshserve.grpcutil.server import ServiceServer
+from meshserve.lifecycle import run_until_signalled
+from meshserve.link.server import LinkServer, serve_link
+from meshserve.protos.inference import grpc_service_pb2 as pb
+from meshserve.protos.meshserve.registry.v1 import registry_pb2 as reg_pb
+from meshserve.registry.registration import Registration, now_ms
+from meshserve.settings import load_settings, setup_logging
+
+from .backend import BackendLoader
+from .dataplane import DataPlane
+from .repository import ModelEntry, ModelRepository, State
+from .servicer import RAW_REQUEST_METHODS, InferenceServicer
+from .settings import ModelRuntimeSettings, default_runtime_id
+
+log = logging.getLogger(__name__)
+S = TypeVar("S", bound=ModelRuntimeSettings)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+_PLACEMENT_STATES = {
+    State.AVAILABLE: reg_pb.MODEL_STATE_AVAILABLE,
+    State.LOADING: reg_pb.MODEL_STATE_LOADING,
+    State.READY: reg_pb.MODEL_STATE_READY,
+    State.FAILED: reg_pb.MODEL_STATE_FAILED,
+}
+
+
+def placement(entry: ModelEntry) -> reg_pb.Placement:
+    return reg_pb.Placement(
+        model=entry.name, version=entry.version, state=_PLACEMENT_STATES[entry.state],
+        reason=entry.reason, platform=entry.platform,
+    )
+
+
+class RuntimeServer:
+    """One runtime of kind ``kind`` (``python``, ``r`` ...): ``start()`` then ``stop()``.
+
+    It serves OIP gRPC (and the mesh link) for the versions of ``settings.model_repository``
+    whose manifest names ``kind``, loads them with ``loader`` and, unless ``register`` is
+    false, registers itself and their placements in etcd.
+    """
+
+    def __init__(self, settings: ModelRuntimeSettings, kind: str, loader: BackendLoader, *,
+                 register: bool = True) -> None:
+        self.settings = settings
+        self.kind = kind
+        self.loader = loader
+        self.runtime_id = settings.runtime_id or default_runtime_id(kind)
+        self.repository = ModelRepository(settings.model_repository, kind, loader, on_change=self._publish)
+        self.dataplane = DataPlane(self.repository, settings.predict_threads)
+        self.servicer = InferenceServicer(self.dataplane, kind)
+        self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes)
+        add_service(self.server.server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self.servicer,
+                    raw=RAW_REQUEST_METHODS)
+        self.register = register
+        self.registration: Registration | None = None
+        self.link: LinkServer | None = None
+        self.link_address = ""
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    async def _publish(self, entry: ModelEntry) -> None:
+        if self.registration is not None:
+            await self.registration.publish(placement(entry))
+
+    def _models_to_load(self) -> list[str]:
+        names = sorted({e.name for e in self.repository.scan()})
+        to_load = self.settings.models_to_load(names)
+        unknown = [n for n in to_load if n not in names]
+        if unknown:
+            raise NotFound(
+                f"cannot load {', '.join(unknown)}: no {self.kind} model of that name in "
+                f"{self.settings.model_repository}; {self.kind} models there: {', '.join(names) or 'none'}"
+            )
+        return to_load
+
+    async def start(self) -> None:
+        """Bind, start serving, register in etcd, then load the models ``load`` names."""
+        to_load = self._models_to_load()
+        await self.loader.start()
+        self.server.bind(self.settings.host, self.settings.port)
+        await self.server.start()
+        if self.settings.link_port >= 0:
+            self.link = await serve_link(self.settings.host, self.settings.link_port, self.servicer.link_handler,
+                                         self.settings.max_message_bytes)
+            self.link_address = self.link.address
+        if self.register:
+            await self._register()
+        for name in to_load:
+            with contextlib.suppress(Exception):  # a failed load is recorded in its state
+                await self.repository.load(name)
+        self.dataplane.ready = True
+        log.info("%s runtime %s serving %s on %s", self.kind, self.runtime_id, self.settings.model_repository,
+                 self.address)
+
+    async def _register(self) -> None:
+        runtime = reg_pb.Runtime(
+            id=self.runtime_id, kind=self.kind, address=self.address,
+            started_at_unix_ms=now_ms(), version=meshserve.__version__, link_address=self.link_address,
+        )
+        self.registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s)
+        for entry in self.repository.entries():
+            await self.registration.publish(placement(entry))
+        await self.registration.start(wait=self.settings.etcd_wait_s)
+
+    def announcement(self) -> dict[str, str]:
+        return {"address": self.address, "runtime_id": self.runtime_id, "link_address": self.link_address}
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Leave the registry at once, finish calls in flight, unload every model."""
+        self.dataplane.ready = False
+        if self.registration is not None:
+            await self.registration.stop()
+            self.registration = None
+        await self.server.stop(grace)
+        if self.link is not None:
+            await self.link.close()
+        await self.dataplane.close()
+        await self.loader.close()
+
+
+async def serve(runtime: RuntimeServer) -> None:
+    """Run ``runtime`` until SIGTERM or SIGINT, then stop it gracefully."""
+    await run_until_signalled(runtime, f"{runtime.kind} runtime {runtime.runtime_id}",
+                              runtime.settings.announce_file)
+
+
+def main(settings_class: type[S], create: Callable[[S], RuntimeServer],
+         argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """The ``python -m`` entry point of a runtime: settings from flags and environment, then serve."""
+    settings = load_settings(settings_class, argv, prog=prog)
+    setup_logging(settings.log_level)
+
+    async def run() -> None:
+        await serve(create(settings))  # created inside the loop, which its gRPC server binds to
+
+    asyncio.run(run())

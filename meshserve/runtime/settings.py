@@ -1,0 +1,39 @@
+"""Settings every runtime serving a model repository has; each runtime subclasses them."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field
+
+from meshserve.settings import RuntimeSettings
+
+
+def default_runtime_id(kind: str) -> str:
+    """``<kind>-<host>-<pid>``: the registry id of a runtime started without one."""
+    return f"{kind}-{socket.gethostname()}-{os.getpid()}"
+
+
+class ModelRuntimeSettings(RuntimeSettings):
+    """Fields of a runtime serving a model repository.
+
+    A runtime subclasses this with its own ``model_config`` (environment prefix such as
+    ``MESHSERVE_PYTHON_``; set ``protected_namespaces=()`` for the ``model_`` fields) and
+    the fields of its own backends.
+    """
+
+    model_repository: Path = Field(description="folder laid out <model>/<version>/manifest.yaml")
+    load: str = Field(
+        "*", description='models to load at start: "*" for all, "" for none, or comma-separated names'
+    )
+    runtime_id: str = Field("", description="id in the registry (default <kind>-<host>-<pid>)")
+    predict_threads: int = Field(4, ge=1, description="threads running synchronous predict calls")
+
+    def models_to_load(self, available: list[str]) -> list[str]:
+        """The model names ``load`` selects among ``available``."""
+        text = self.load.strip()
+        if text == "*":
+            return available
+        return [name.strip() for name in text.split(",") if name.strip()]
