@@ -41,12 +41,10 @@ def canonical_encoding(name: str, datatype: str, shape: Sequence[int], data: byt
 
 
 def tensor_digest(name: str, datatype: str, shape: Sequence[int], data: bytes) -> str:
-    digest = hashlib.sha256()
-    for part in (name.encode(), datatype.encode(), struct.pack(f"<{len(shape)}q", *shape)):
-        digest.update(_LENGTH.pack(len(part)))
-        digest.update(part)
-    digest.update(_LENGTH.pack(len(data)))
-    digest.update(data)  # hashed in place: a 4 MiB tensor is not copied into an encoding first
+    """Hex SHA-256 of :func:`canonical_encoding`, without copying ``data`` into it."""
+    head = canonical_encoding(name, datatype, shape, b"")[:-_LENGTH.size] + _LENGTH.pack(len(data))
+    digest = hashlib.sha256(head)
+    digest.update(data)
     return digest.hexdigest()
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 
@@ -154,7 +154,7 @@ class CallAudit:
               peer: str, metadata: Metadata, end_ns: int) -> audit_pb2.CallEvent:
         replica = call.replica
         event = audit_pb2.CallEvent(
-            event_id=uuid.uuid4().hex, trace_id=_trace_id(metadata),
+            event_id=os.urandom(16).hex(), trace_id=_trace_id(metadata),
             principal=ANONYMOUS, peer=peer,  # callers are not authenticated yet: never trust a claimed name
             model=call.model, requested_version=call.requested_version, resolved_version=call.resolved_version,
             runtime_kind=replica.kind if replica else "", runtime_id=replica.runtime_id if replica else "",
