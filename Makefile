@@ -24,21 +24,28 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
 	@touch $@
 
-examples: venv
+examples: venv system-deps
 	$(BIN)/python scripts/build_examples.py
 
 up: venv examples
 	$(BIN)/meshserve up
 
-# PostgreSQL for the audit store's tests: Debian's package, installed when missing (as root).
+# Debian packages: R and randomForest for the R runtime, PostgreSQL for the audit store's
+# tests. Installed when missing, when running as root (CRAN is not used: Debian has them).
+R_PACKAGES := r-base-core r-cran-randomforest
 system-deps:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then :; \
+	@missing=""; \
+	command -v Rscript >/dev/null || missing="$(R_PACKAGES)"; \
+	[ -z "$$missing" ] && ! Rscript -e 'quit(status = !requireNamespace("randomForest", quietly = TRUE))' \
+		>/dev/null 2>&1 && missing="r-cran-randomforest"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		echo "installing PostgreSQL (Debian package postgresql) for the audit store tests"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
-	else echo "PostgreSQL is missing and this is not root: the PostgreSQL audit tests will be skipped"; fi
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "missing Debian packages ($$missing) and not root: the tests that need them will be skipped"; fi
 
-test: venv examples system-deps
+test: venv system-deps examples
 	$(BIN)/pytest tests
 	$(MAKE) lint
 

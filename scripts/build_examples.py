@@ -4,12 +4,17 @@
 
 iris: a scikit-learn logistic regression on sklearn's bundled iris data, saved with
 skops to examples/models/iris/1/model.skops (the manifest beside it is committed).
+
+mtcars, iris-rf, mtcars-am: R models (lm, randomForest, a glm behind a load/predict
+script) built by scripts/build_r_examples.R with Rscript, when R is installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,12 +45,25 @@ def build_iris(force: bool) -> Path:
     return target
 
 
+def build_r_models() -> None:
+    rscript = shutil.which("Rscript")
+    if rscript is None:
+        log.warning("Rscript not found: the R example models are not built (install Debian's r-base-core)")
+        return
+    done = subprocess.run([rscript, str(ROOT / "scripts" / "build_r_examples.R"), str(MODELS)],
+                          capture_output=True, text=True, check=False, timeout=300)
+    if done.returncode != 0:
+        raise SystemExit(f"building the R example models failed:\n{done.stderr[-2000:]}")
+    log.info("built the R example models (mtcars, iris-rf, mtcars-am)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even when artifacts exist")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     build_iris(args.force)
+    build_r_models()
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def up(
         Path | None, typer.Option(help="once up, write the addresses and child PIDs as JSON here")
     ] = None,
 ) -> None:
-    """Start etcd, NATS, the audit service, the router and the Python runtime; Ctrl-C stops them."""
+    """Start etcd, NATS, the audit service, the router and the Python and R runtimes; Ctrl-C stops them."""
     # Also when started with SIGINT ignored (a background job of a script).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -142,6 +142,7 @@ def up(
             (label, address, str(pids.get(name, "-"))) for label, name, address in (
                 ("router (OIP gRPC)", "router", mesh.router_address),
                 ("python runtime", "runtime", mesh.runtime_address),
+                ("R runtime", "r-runtime", mesh.addresses.get("r-runtime", "")),
                 ("audit service", "audit", mesh.audit_address),
                 ("NATS JetStream", "nats", mesh.nats_url),
                 ("etcd", "etcd", mesh.etcd_endpoint),

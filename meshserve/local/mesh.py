@@ -56,6 +56,8 @@ class MeshConfig:
     audit_port: int = DEFAULT_AUDIT_PORT
     # Run NATS and the audit service, and have the router emit call events.
     audit: bool = True
+    # Run the R runtime on the same model repository (when Rscript is installed).
+    r_runtime: bool = True
     # Where the audit service stores the trail; default: SQLite in the data directory.
     audit_database: str | None = None
     # None: a temporary directory, removed on stop. Otherwise kept.
@@ -125,7 +127,12 @@ class LocalMesh:
         steps = [Step("etcd", self._start_etcd)]
         if self.config.audit:
             steps += [Step("NATS JetStream", self._start_nats), Step("audit service", self._start_audit)]
-        return [*steps, Step("router", self._start_router), Step("python runtime", self._start_runtime)]
+        steps += [Step("router", self._start_router), Step("python runtime", self._start_runtime)]
+        if self.config.r_runtime and shutil.which("Rscript"):
+            steps.append(Step("R runtime", self._start_r_runtime))
+        elif self.config.r_runtime:
+            log.warning("Rscript not found: no R runtime (install Debian's r-base-core and r-cran-randomforest)")
+        return steps
 
     def start(self) -> None:
         """Start every child; on failure stop what was started and re-raise."""
@@ -206,6 +213,13 @@ class LocalMesh:
         ])
         self.runtime_id = str(info.get("runtime_id", ""))
         return self.runtime_address
+
+    def _start_r_runtime(self) -> str:
+        self._service("r-runtime", "meshserve.runtimes.r", [
+            "--etcd-endpoint", self.etcd_endpoint, "--model-repository", str(self.config.model_repository.resolve()),
+            "--worker-log", str(self.log_dir / "r-workers.log"),
+        ])
+        return self.addresses["r-runtime"]
 
     # -- stop ------------------------------------------------------------------
 

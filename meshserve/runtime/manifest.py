@@ -70,7 +70,12 @@ class RSection(BaseModel):
         "data.frame", alias="as", description="what predict() receives: a data.frame or a matrix"
     )
     script: str | None = Field(None, description="an R file in the version folder defining load() and predict()")
-    levels: dict[str, list[str]] = Field(default_factory=dict, description="output -> its factor levels")
+    outputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="output -> column or element of predict()'s result (default: the whole result for one output)",
+    )
+    type: str = Field("", description="the type= argument to predict() (e.g. response, prob)")
+    packages: list[str] = Field(default_factory=list, description="R packages to attach before loading")
 
 
 class Manifest(BaseModel):

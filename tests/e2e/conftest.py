@@ -94,6 +94,7 @@ def mesh_repository(tmp_path_factory: pytest.TempPathFactory, iris_sklearn: Any,
 def mesh(mesh_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
     """etcd, the router and the Python runtime (iris, sleepy, napper) on loopback."""
     config = MeshConfig(model_repository=mesh_repository, router_port=0, etcd_port=0, nats_port=0, audit_port=0,
+                        r_runtime=False,
                         data_dir=tmp_path_factory.mktemp("mesh"), start_timeout_s=60)
     with LocalMesh(config) as started:
         yield started

@@ -73,9 +73,10 @@ def test_example_iris_manifest() -> None:
 def test_r_section(tmp_path: Path) -> None:
     path = tmp_path / "manifest.yaml"
     path.write_text("runtime: r\nframework: rds\nartifact: m.rds\n" + IO + OUT
-                    + "r: {columns: {x: wt}, as: matrix, levels: {y: [a, b]}}\n")
+                    + "r: {columns: {x: wt}, as: matrix, outputs: {y: fit}, type: response, packages: [stats]}\n")
     manifest = load_manifest(path)
-    assert manifest.r.columns == {"x": "wt"} and manifest.r.as_ == "matrix" and manifest.r.levels == {"y": ["a", "b"]}
+    assert manifest.r.columns == {"x": "wt"} and manifest.r.as_ == "matrix" and manifest.r.outputs == {"y": "fit"}
+    assert manifest.r.type == "response" and manifest.r.packages == ["stats"]
     path.write_text("runtime: r\nframework: rds\n" + IO + OUT + "r: {as: list}\n")
     with pytest.raises(InvalidArgument, match=r"r.as: Input should be 'data.frame' or 'matrix'"):
         load_manifest(path)
