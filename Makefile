@@ -64,4 +64,5 @@ lock: venv
 
 bench: venv examples
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/r_runtime.py
 	$(BIN)/python -m meshserve.services.audit.bench --events 50000
