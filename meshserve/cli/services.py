@@ -33,3 +33,9 @@ runtime_app = typer.Typer(help="Run a runtime in the foreground.", no_args_is_he
 def python_runtime(ctx: typer.Context) -> None:
     """Run the Python runtime (flags: meshserve runtime python --help)."""
     _exec_module("meshserve.runtimes.python", list(ctx.args))
+
+
+@runtime_app.command("r", context_settings=PASS_THROUGH, add_help_option=False)
+def r_runtime(ctx: typer.Context) -> None:
+    """Run the R runtime (flags: meshserve runtime r --help)."""
+    _exec_module("meshserve.runtimes.r", list(ctx.args))

@@ -33,10 +33,7 @@ class RBackend(Backend):
 
 def model_spec(path: Path, manifest: Manifest) -> RModelSpec:
     r = manifest.r
-    script = r.script if r is not None else None
-    target = path / (script or manifest.artifact or "")
-    if r is None:
-        return RModelSpec(path=str(target))
+    target = path / (r.script or manifest.artifact or "")
     return RModelSpec(path=str(target), frame=r.as_, columns=dict(r.columns), outputs=dict(r.outputs),
                       predict_type=r.type, packages=tuple(r.packages))
 
@@ -52,8 +49,7 @@ class RLoader(BackendLoader):
                                 timeout_s=settings.timeout_s, log_path=log)
 
     def check(self, manifest: Manifest) -> None:
-        script = manifest.r.script if manifest.r is not None else None
-        if not manifest.artifact and not script:
+        if not manifest.artifact and not manifest.r.script:
             raise InvalidArgument("an R model needs an 'artifact' (.rds) or r.script (an R file with load/predict)")
 
     async def start(self) -> None:

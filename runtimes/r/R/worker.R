@@ -319,7 +319,15 @@ select_output <- function(res, out, n_out) {
 }
 
 encode_output <- function(name, value, want) {
-  if (is.factor(value)) value <- if (want == T_BYTES) as.character(value) else as.integer(value)
+  if (is.factor(value)) {
+    if (want == T_BYTES) {
+      value <- as.character(value)
+    } else if (want %in% c(T_INT32, T_INT64)) {
+      value <- as.integer(value) # the level codes, when the manifest asks for an integer output
+    } else {
+      stop(sprintf("output '%s' is a factor: declare it BYTES (its labels) or an integer type (its codes)", name))
+    }
+  }
   dims <- dim(value)
   if (is.null(dims)) dims <- length(value)
   if (length(dims) > 1L) value <- aperm(value) # R is column-major; the wire is row-major
