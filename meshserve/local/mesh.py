@@ -169,8 +169,9 @@ class LocalMesh:
         return etcd.endpoint
 
     def _start_nats(self) -> str:
+        # The broker only carries the audit trail here: inference on this host comes first.
         nats = NatsServer(self.data_dir, self.log_dir / "nats.log", host=self.config.host,
-                          port=self._port(self.config.nats_port, DEFAULT_NATS_PORT))
+                          port=self._port(self.config.nats_port, DEFAULT_NATS_PORT), nice=10)
         self.nats = nats
         self._stops.append(("nats", nats.stop))
         nats.start(timeout=self.config.start_timeout_s)

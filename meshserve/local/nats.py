@@ -33,7 +33,9 @@ def _answers(host: str, port: int) -> bool:
 class NatsServer:
     """nats-server -js on ``host``; restartable on the same port and store (for outage tests)."""
 
-    def __init__(self, data_dir: Path, log_path: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, host: str = "127.0.0.1", port: int = 0,
+                 nice: int = 0) -> None:
+        self.nice = nice
         self.data_dir = data_dir
         self.log_path = log_path
         self.host = host
@@ -50,7 +52,7 @@ class NatsServer:
             port = self.port or free_port(self.host)
             argv = [nats_binary(), "-js", "-a", self.host, "-p", str(port), "-sd", str(self.data_dir / "jetstream"),
                     "--server_name", "meshserve-local"]
-            process = ManagedProcess("nats", argv, self.log_path)
+            process = ManagedProcess("nats", argv, self.log_path, nice=self.nice)
             process.start()
             try:
                 process.wait_until(functools.partial(_answers, self.host, port), timeout, "listening")

@@ -41,8 +41,9 @@ class ManagedProcess:
     """One child process with its output in a log file."""
 
     def __init__(self, name: str, argv: Sequence[str], log_path: Path,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path | None = None, nice: int = 0) -> None:
         self.name = name
+        self.nice = nice
         self.argv = list(argv)
         self.log_path = log_path
         self.env = env
@@ -62,6 +63,7 @@ class ManagedProcess:
         self.proc = subprocess.Popen(
             self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=env, cwd=self.cwd, start_new_session=True,
+            preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None,
         )
         log.debug("started %s (pid %d): %s", self.name, self.proc.pid, " ".join(self.argv))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 from meshserve.grpcutil.server import ServiceServer
@@ -69,6 +70,8 @@ async def serve(settings: AuditSettings) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(AuditSettings, argv, prog="meshserve audit-service")
     setup_logging(settings.log_level)
+    if settings.nice:
+        os.nice(settings.nice)
     try:
         asyncio.run(serve(settings))
     except StoreError as e:

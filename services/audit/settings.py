@@ -20,6 +20,10 @@ class AuditSettings(ServiceSettings):
         "sqlite:///meshserve-audit.db",
         description="sqlite:///PATH (relative; sqlite:////abs/path for absolute) or postgresql://user@host:port/db",
     )
+    nice: int = Field(
+        10, ge=0, le=19,
+        description="CPU priority decrease: the trail catches up from JetStream, inference on the host comes first",
+    )
     batch_size: int = Field(500, ge=1, le=10_000, description="events fetched and committed per transaction")
     consumer: str = Field("audit-store", description="name of the durable JetStream consumer")
     stream_max_age_s: float = Field(

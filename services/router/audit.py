@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 ANONYMOUS = "anonymous"
-BUILD_CHUNK = 32
+BUILD_CHUNK = 4  # events built between two yields to the loop: bounds the wait of a call arriving meanwhile
+LARGE_EVENT_BYTES = 256 * 1024
 _NO_POLICY = audit_pb2.AuditPolicy()
 
 
@@ -131,14 +132,24 @@ class CallAudit:
             self._wake.clear()
             events: list[Event] = []
             while self._pending:
-                events += self._drain(BUILD_CHUNK)
+                if self._large(self._pending[0]):
+                    # Hashing megabytes in a thread (hashlib lets go of the GIL) keeps the loop serving.
+                    events += await asyncio.to_thread(self._drain, 1)
+                else:
+                    events += self._drain(BUILD_CHUNK, small_only=True)
                 await asyncio.sleep(0)  # building is CPU work: let calls in flight go on between chunks
             if events:
                 await self.publisher.publish(events)
 
-    def _drain(self, most: int | None = None) -> list[Event]:
+    @staticmethod
+    def _large(item: tuple[Call, bytes, bytes | None, grpc.StatusCode, str, str, Metadata, int]) -> bool:
+        return len(item[1]) + len(item[2] or b"") > LARGE_EVENT_BYTES
+
+    def _drain(self, most: int | None = None, small_only: bool = False) -> list[Event]:
         events: list[Event] = []
         while self._pending and (most is None or len(events) < most):
+            if small_only and self._large(self._pending[0]):
+                break
             item = self._pending.popleft()
             try:
                 event = self.build(*item)
