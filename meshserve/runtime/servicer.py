@@ -13,6 +13,7 @@ import meshserve
 from meshserve.errors import InvalidArgument, MeshError, Unimplemented, grpc_errors
 from meshserve.link import MODEL_INFER
 from meshserve.oip.codec import decode_inputs, encode_response
+from meshserve.oip.repository import version_parameter
 from meshserve.protos.inference import grpc_service_pb2 as pb
 
 from .dataplane import DataPlane
@@ -27,18 +28,6 @@ EXTENSIONS = ["model_repository", "model_stream"]
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
 
-
-def _version_parameter(parameters: Any) -> str:
-    """The optional ``version`` repository parameter of a load or unload request."""
-    if "version" not in parameters:
-        return ""
-    param = parameters["version"]
-    choice = param.WhichOneof("parameter_choice")
-    if choice == "string_param":
-        return str(param.string_param)
-    if choice == "int64_param":
-        return str(param.int64_param)
-    raise InvalidArgument("parameter 'version' must be a string or an integer")
 
 
 def _parse_infer_request(data: bytes) -> pb.ModelInferRequest:
@@ -131,12 +120,12 @@ class InferenceServicer:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        await self.dataplane.load(request.model_name, _version_parameter(request.parameters))
+        await self.dataplane.load(request.model_name, version_parameter(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @grpc_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.dataplane.unload(request.model_name, _version_parameter(request.parameters))
+        await self.dataplane.unload(request.model_name, version_parameter(request.parameters))
         return pb.RepositoryModelUnloadResponse()

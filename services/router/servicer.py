@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -12,7 +11,8 @@ from grpc.aio import ServicerContext as Context
 
 import meshserve
 from meshserve.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable, grpc_errors
-from meshserve.names import check_model_name, check_version
+from meshserve.names import check_model_name
+from meshserve.oip.repository import version_parameter
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry.cache import RegistryCache, Replica
@@ -119,7 +119,7 @@ class MeshServicer:
         if parsed.repository_name:
             raise InvalidArgument("the router has one mesh-wide repository: leave repository_name empty")
         name = check_model_name(parsed.model_name)
-        version = _version_parameter(parsed.parameters)
+        version = version_parameter(parsed.parameters)
         wanted = {pb.MODEL_STATE_READY, pb.MODEL_STATE_LOADING, pb.MODEL_STATE_FAILED}
         targets = {
             p.runtime_id: Replica(p.runtime_id, p.runtime_kind, p.address, p.link_address)
@@ -157,16 +157,3 @@ class MeshServicer:
         what = f"version {version!r} of {name!r}" if version else repr(name)
         raise DeadlineExceeded(f"{what}: the runtimes answered but the registry did not show the "
                                f"{'load' if loading else 'unload'} within {self.load_wait_s:.0f} s")
-
-
-def _version_parameter(parameters: Any) -> str:
-    """The optional ``version`` parameter of a load or unload request ("" when absent)."""
-    if "version" not in parameters:
-        return ""
-    param = parameters["version"]
-    choice = param.WhichOneof("parameter_choice")
-    if choice == "string_param":
-        return check_version(str(param.string_param))
-    if choice == "int64_param":
-        return str(param.int64_param)
-    raise InvalidArgument("parameter 'version' must be a string or an integer")
