@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import run_load  # noqa: E402
 from meshserve.local.etcd import EtcdServer  # noqa: E402
-from meshserve.local.process import ManagedProcess  # noqa: E402
+from meshserve.local.process import start_service  # noqa: E402
 from meshserve.oip import build_request  # noqa: E402
 from meshserve.runtime import load_manifest  # noqa: E402
 from meshserve.runtimes.r.loader import model_spec  # noqa: E402
@@ -59,12 +59,9 @@ async def in_process(calls: int) -> tuple[float, float]:
 
 @contextlib.contextmanager
 def service(folder: Path, name: str, module: str, *args: str) -> Iterator[str]:
-    announce = folder / f"{name}.json"
-    process = ManagedProcess(name, [sys.executable, "-m", module, "--port", "0", "--announce-file", str(announce),
-                                    "--log-level", "WARNING", *args], folder / f"{name}.log")
-    process.start()
+    process, info = start_service(name, module, ["--port", "0", "--log-level", "WARNING", *args], folder)
     try:
-        yield str(process.wait_announce(announce, timeout=60)["address"])
+        yield str(info["address"])
     finally:
         process.stop()
 

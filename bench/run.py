@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import Result, run_load  # noqa: E402
 from meshserve.local.mesh import LocalMesh, MeshConfig  # noqa: E402
-from meshserve.local.process import ManagedProcess  # noqa: E402
+from meshserve.local.process import start_service  # noqa: E402
 from meshserve.oip import build_request  # noqa: E402
 
 
@@ -130,14 +130,11 @@ def report(scenario: Scenario, results: dict[str, Result]) -> tuple[list[str], d
 @contextlib.contextmanager
 def extra_router(mesh: LocalMesh, name: str, *flags: str) -> Iterator[str]:
     """Another router on the mesh's registry, set up differently (no audit, no link...)."""
-    announce = mesh.data_dir / f"{name}.json"
-    process = ManagedProcess(name, [
-        sys.executable, "-m", "meshserve.services.router", "--port", "0", *flags,
-        "--etcd-endpoint", mesh.etcd_endpoint, "--announce-file", str(announce), "--log-level", "WARNING",
-    ], mesh.log_dir / f"{name}.log")
-    process.start()
+    process, info = start_service(name, "meshserve.services.router", [
+        "--port", "0", *flags, "--etcd-endpoint", mesh.etcd_endpoint, "--log-level", "WARNING",
+    ], mesh.data_dir, log_path=mesh.log_dir / f"{name}.log")
     try:
-        yield str(process.wait_announce(announce)["address"])
+        yield str(info["address"])
     finally:
         process.stop()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from types import TracebackType
 
 from meshserve.local.etcd import EtcdServer
 from meshserve.local.nats import NatsServer
-from meshserve.local.process import ManagedProcess
+from meshserve.local.process import ManagedProcess, start_service
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +180,13 @@ class LocalMesh:
 
     def _service(self, name: str, module: str, args: list[str]) -> dict[str, object]:
         """Start a meshserve service and wait for its announce file."""
-        announce = self.data_dir / f"{name}.json"
-        announce.unlink(missing_ok=True)
-        argv = [
-            sys.executable, "-m", module, "--host", self.config.host, "--announce-file", str(announce),
-            "--log-level", self.config.log_level, *args,
-        ]
-        proc = ManagedProcess(name, argv, self.log_dir / f"{name}.log", env=self.config.extra_env or None)
+        proc, info = start_service(
+            name, module, ["--host", self.config.host, "--log-level", self.config.log_level, *args], self.data_dir,
+            timeout=self.config.start_timeout_s, env=self.config.extra_env or None,
+            log_path=self.log_dir / f"{name}.log",
+        )
         self._stops.append((name, proc.stop))
         self._children[name] = proc
-        proc.start()
-        info = proc.wait_announce(announce, timeout=self.config.start_timeout_s)
         self.addresses[name] = str(info["address"])
         return info
 

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -117,3 +118,24 @@ class ManagedProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def start_service(name: str, module: str, args: Sequence[str], folder: Path, *, timeout: float = 60.0,
+                  env: dict[str, str] | None = None,
+                  log_path: Path | None = None) -> tuple[ManagedProcess, dict[str, Any]]:
+    """Start a meshserve service (``python -m module``) and wait until it announces itself.
+
+    The service is given ``--announce-file <folder>/<name>.json``; its other flags (``--port
+    0`` ...) come in ``args``. Returns the process and what it announced (its address...);
+    a service that does not come up is stopped before the error is raised.
+    """
+    announce = folder / f"{name}.json"
+    announce.unlink(missing_ok=True)
+    proc = ManagedProcess(name, [sys.executable, "-m", module, "--announce-file", str(announce), *args],
+                          log_path or folder / f"{name}.log", env=env)
+    proc.start()
+    try:
+        return proc, proc.wait_announce(announce, timeout=timeout)
+    except BaseException:
+        proc.stop(grace=2)
+        raise

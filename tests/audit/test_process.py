@@ -16,25 +16,17 @@ from typer.testing import CliRunner
 
 from meshserve.cli.main import app
 from meshserve.local.nats import NatsServer
-from meshserve.local.process import ManagedProcess
+from meshserve.local.process import ManagedProcess, start_service
 from meshserve.services.audit.store import Incoming, Store
 
 from .helpers import encode, eventually, execute, make_event, publish
 
 
 def audit_process(folder: Path, name: str, nats_url: str, database: str) -> tuple[ManagedProcess, str]:
-    announce = folder / f"{name}.json"
-    announce.unlink(missing_ok=True)
-    proc = ManagedProcess(name, [
-        sys.executable, "-m", "meshserve.services.audit", "--port", "0", "--announce-file", str(announce),
-        "--nats-url", nats_url, "--database", database, "--ack-wait-s", "1", "--batch-size", "100",
-    ], folder / f"{name}.log")
-    proc.start()
-    try:
-        return proc, str(proc.wait_announce(announce, 30)["address"])
-    except Exception:
-        proc.stop()
-        raise
+    proc, info = start_service(name, "meshserve.services.audit", [
+        "--port", "0", "--nats-url", nats_url, "--database", database, "--ack-wait-s", "1", "--batch-size", "100",
+    ], folder, timeout=30)
+    return proc, str(info["address"])
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -15,7 +14,7 @@ import grpc
 import numpy as np
 import yaml
 
-from meshserve.local.process import ManagedProcess
+from meshserve.local.process import ManagedProcess, start_service
 from meshserve.oip import build_request, decode_response
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
@@ -76,15 +75,7 @@ def write_python_model(repository: Path, name: str, code: str, cls: str,
 
 
 def _service(name: str, module: str, args: list[str], folder: Path, timeout: float) -> tuple[ManagedProcess, str]:
-    announce = folder / f"{name}.json"
-    proc = ManagedProcess(name, [sys.executable, "-m", module, "--port", "0", "--announce-file", str(announce),
-                                 *args], folder / f"{name}.log")
-    proc.start()
-    try:
-        info = proc.wait_announce(announce, timeout=timeout)
-    except BaseException:
-        proc.stop(grace=2)
-        raise
+    proc, info = start_service(name, module, ["--port", "0", *args], folder, timeout=timeout)
     return proc, str(info["address"])
 
 

@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 from e2e.helpers import assert_eventually
 
+from meshserve.local import process as local_process
 from meshserve.local.process import ManagedProcess
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
@@ -198,16 +199,7 @@ def spooled_events(spool: Path) -> list[audit_pb2.CallEvent]:
 def start_service(name: str, module: str, args: Sequence[str], folder: Path,
                   timeout: float = 60.0) -> tuple[ManagedProcess, str, dict[str, Any]]:
     """A meshserve service as a process on port 0: (process, address, announcement)."""
-    announce = folder / f"{name}.json"
-    announce.unlink(missing_ok=True)
-    proc = ManagedProcess(name, [sys.executable, "-m", module, "--port", "0", "--announce-file", str(announce),
-                                 *args], folder / f"{name}.log")
-    proc.start()
-    try:
-        info = proc.wait_announce(announce, timeout=timeout)
-    except BaseException:
-        proc.stop(grace=2)
-        raise
+    proc, info = local_process.start_service(name, module, ["--port", "0", *args], folder, timeout=timeout)
     return proc, str(info["address"]), info
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from meshserve.local.process import ManagedProcess
+from meshserve.local.process import ManagedProcess, start_service
 from meshserve.oip import build_request, decode_response
 from meshserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as reg
@@ -85,16 +84,12 @@ def r_runtime_process(repository: Path, etcd_endpoint: str, folder: Path, *extra
                       timeout: float = 60.0) -> Iterator[tuple[ManagedProcess, str, str]]:
     """An R runtime process (``python -m meshserve.runtimes.r``): yields (process, address, runtime id)."""
     runtime_id = f"e2e-r-{uuid.uuid4().hex[:8]}"
-    announce = folder / f"{runtime_id}.json"
-    proc = ManagedProcess(runtime_id, [
-        sys.executable, "-m", "meshserve.runtimes.r", "--port", "0", "--announce-file", str(announce),
-        "--model-repository", str(repository), "--etcd-endpoint", etcd_endpoint,
+    proc, info = start_service(runtime_id, "meshserve.runtimes.r", [
+        "--port", "0", "--model-repository", str(repository), "--etcd-endpoint", etcd_endpoint,
         "--lease-ttl-s", str(lease_ttl_s), "--runtime-id", runtime_id,
         "--worker-log", str(folder / f"{runtime_id}-workers.log"), *extra,
-    ], folder / f"{runtime_id}.log")
-    proc.start()
+    ], folder, timeout=timeout)
     try:
-        info = proc.wait_announce(announce, timeout=timeout)
         yield proc, str(info["address"]), runtime_id
     finally:
         proc.stop(grace=5)
