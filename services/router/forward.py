@@ -115,15 +115,13 @@ class Forwarder:
             for attempt in (0, 1):
                 call.replica = conn.replica
                 conn.inflight += 1
+                remaining = context.time_remaining()
                 try:
                     if link_method and conn.link_address:
-                        link = await conn.link(context.time_remaining())
+                        link = conn.open_link or await conn.link(remaining)
                         if link is not None:
-                            return await link.call(link_method, request, context.time_remaining(),
-                                                   link_metadata(metadata))
-                    response: bytes = await conn.unary(method)(
-                        request, timeout=context.time_remaining(), metadata=metadata
-                    )
+                            return await link.call(link_method, request, remaining, link_metadata(metadata))
+                    response: bytes = await conn.unary(method)(request, timeout=remaining, metadata=metadata)
                     return response
                 except MeshError as e:
                     code, details = e.code, e.message

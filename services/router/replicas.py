@@ -48,6 +48,12 @@ class Connection:
         self._link_lock = asyncio.Lock()
         self._link_retry_at = 0.0
 
+    @property
+    def open_link(self) -> LinkClient | None:
+        """The mesh link if it is open now (the per-call fast path: no coroutine to await)."""
+        link = self._link
+        return link if link is not None and not link.closed else None
+
     async def link(self, remaining_s: float | None) -> LinkClient | None:
         """The open mesh link to this replica, or None when it cannot be had right now.
 

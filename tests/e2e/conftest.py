@@ -26,7 +26,6 @@ import pytest
 import skops.io as sio
 
 from meshserve.local.mesh import LocalMesh, MeshConfig
-from meshserve.services.router.settings import RouterSettings
 
 from .helpers import EXAMPLES, IRIS_SKOPS, ROOT, copy_model, router_process, write_python_model
 
@@ -111,7 +110,7 @@ def router(mesh: LocalMesh) -> Iterator[grpc.Channel]:
 @pytest.fixture(scope="package")
 def grpc_router(mesh: LocalMesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[grpc.Channel]:
     """A second router on the mesh's etcd that forwards to runtimes over gRPC only."""
-    grpc_only = ["--no-use-link"] if "use_link" in RouterSettings.model_fields else []
+    grpc_only = ["--no-use-link"]
     folder = tmp_path_factory.mktemp("grpc-router")
     with router_process(mesh.etcd_endpoint, folder, *grpc_only) as (_, address), \
             grpc.insecure_channel(address) as channel:
