@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.meshserve-installed
 
-.PHONY: venv examples system-deps up test lint protos lock bench
+.PHONY: venv examples system-deps bench-deps up test lint protos lock bench
 
 venv: $(STAMP)
 
@@ -62,7 +62,13 @@ protos: venv
 lock: venv
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
-bench: venv examples
+# h2load (Debian's nghttp2-client): a C load generator for the latency figures.
+bench-deps:
+	@command -v h2load >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nghttp2-client; } || \
+		echo "h2load is missing and cannot be installed: the benchmarks fall back to the Python load generator"
+
+bench: venv examples bench-deps
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/r_runtime.py
 	$(BIN)/python -m meshserve.services.audit.bench --events 50000
