@@ -1,5 +1,5 @@
 # The only commands anyone needs. Every target sets up .venv/ first when it must.
-#   make up     start the local mesh (etcd, router, Python runtime, example models)
+#   make up     start the local mesh (etcd, NATS, audit, router, Python, R and Triton runtimes, examples)
 #   make test   run every test, then the linters
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,7 +13,7 @@ STAMP := $(VENV)/.meshserve-installed
 venv: $(STAMP)
 
 # Rebuilt only when the lock or the project metadata changes.
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-triton.lock pyproject.toml
 	@if [ ! -x $(BIN)/python ]; then \
 		$(PYTHON) -m venv $(VENV) || { \
 			echo "python3 -m venv failed: installing python3-venv"; rm -rf $(VENV); \
@@ -22,6 +22,8 @@ $(STAMP): requirements.lock pyproject.toml
 	@[ -x $(BIN)/uv ] || $(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
 	$(BIN)/uv pip install --python $(BIN)/python -r requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e .
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps --require-hashes \
+		--target $(VENV)/opt/pytriton -r requirements-triton.lock
 	@touch $@
 
 examples: venv system-deps
@@ -31,7 +33,8 @@ up: venv examples
 	$(BIN)/meshserve up
 
 # Debian packages: R and randomForest for the R runtime, PostgreSQL for the audit store's
-# tests. Installed when missing, when running as root (CRAN is not used: Debian has them).
+# tests, Python 3.11 with numpy 1 for Triton's Python-backend stub (see meshserve/local/triton.py).
+# Installed when missing, when running as root (CRAN is not used: Debian has them).
 R_PACKAGES := r-base-core r-cran-randomforest
 system-deps:
 	@missing=""; \
@@ -39,14 +42,17 @@ system-deps:
 	[ -z "$$missing" ] && ! Rscript -e 'quit(status = !requireNamespace("randomForest", quietly = TRUE))' \
 		>/dev/null 2>&1 && missing="r-cran-randomforest"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || missing="$$missing postgresql"; \
+	[ -d /usr/lib/python3/dist-packages/numpy ] && ls /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0 >/dev/null 2>&1 \
+		|| missing="$$missing libpython3.11 python3-numpy"; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else echo "missing Debian packages ($$missing) and not root: the tests that need them will be skipped"; fi
 
+# Triton's tests fail rather than skip here: make installs everything they need.
 test: venv system-deps examples
-	$(BIN)/pytest tests
+	MESHSERVE_REQUIRE_TRITON=1 $(BIN)/pytest tests
 	$(MAKE) lint
 
 lint: venv
@@ -71,4 +77,5 @@ bench-deps:
 bench: venv examples bench-deps
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/r_runtime.py
+	$(BIN)/python bench/triton.py
 	$(BIN)/python -m meshserve.services.audit.bench --events 50000

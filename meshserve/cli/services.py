@@ -39,3 +39,9 @@ def python_runtime(ctx: typer.Context) -> None:
 def r_runtime(ctx: typer.Context) -> None:
     """Run the R runtime (flags: meshserve runtime r --help)."""
     _exec_module("meshserve.runtimes.r", list(ctx.args))
+
+
+@runtime_app.command("triton", context_settings=PASS_THROUGH, add_help_option=False)
+def triton_registrar(ctx: typer.Context) -> None:
+    """Register a running Triton server and mirror its models (flags: meshserve runtime triton --help)."""
+    _exec_module("meshserve.runtimes.triton", list(ctx.args))

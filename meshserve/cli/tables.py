@@ -38,7 +38,7 @@ def models_table(placements: Iterable[registry_pb2.Placement]) -> Table:
     by_model: dict[str, list[registry_pb2.Placement]] = defaultdict(list)
     for p in placements:
         by_model[p.model].append(p)
-    table = Table("model", "versions", "runtime kind", "replicas", "state", title="models")
+    table = Table("model", "versions", "runtime kind", "replicas", "state", "reason", title="models")
     for model in sorted(by_model):
         entries = by_model[model]
         versions = sorted({p.version for p in entries}, key=version_sort_key)
@@ -48,8 +48,15 @@ def models_table(placements: Iterable[registry_pb2.Placement]) -> Table:
         for p in entries:
             states[state_name(p.state)] += 1
         state = ", ".join(s if n == 1 else f"{s} x{n}" for s, n in sorted(states.items()))
-        table.add_row(model, ", ".join(versions), ", ".join(kinds) or "-", str(len(ready)), state)
+        reasons = sorted({_first_line(p.reason) for p in entries if p.reason})
+        table.add_row(model, ", ".join(versions), ", ".join(kinds) or "-", str(len(ready)), state,
+                      "; ".join(reasons) or "-")
     return table
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 def runtimes_table(

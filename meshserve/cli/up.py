@@ -24,6 +24,7 @@ from meshserve.local.process import tail
 
 REPO_ROOT = Path(meshserve.__file__).resolve().parent.parent
 EXAMPLE_MODELS = REPO_ROOT / "examples" / "models"
+EXAMPLE_TRITON_MODELS = REPO_ROOT / "examples" / "triton"
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build_examples.py"
 
 IRIS_REQUEST = {
@@ -79,7 +80,8 @@ def _start(mesh: LocalMesh) -> None:
 def _write_announce(path: Path, mesh: LocalMesh) -> None:
     data = {"pid": os.getpid(), "router": mesh.router_address, "etcd": mesh.etcd_endpoint,
             "runtime": mesh.runtime_address, "runtime_id": mesh.runtime_id, "nats": mesh.nats_url,
-            "audit": mesh.audit_address, "children": mesh.pids(), "data_dir": str(mesh.data_dir)}
+            "audit": mesh.audit_address, "triton": mesh.addresses.get("triton", ""), "children": mesh.pids(),
+            "data_dir": str(mesh.data_dir)}
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
@@ -100,6 +102,11 @@ def up(
         Path, typer.Option("--model-repository", "-m", help="folder of <model>/<version>/ to serve",
                            envvar="MESHSERVE_MODEL_REPOSITORY")
     ] = EXAMPLE_MODELS,
+    triton_repository: Annotated[
+        Path | None, typer.Option("--triton-repository", help="Triton model repository to serve with NVIDIA Triton",
+                                  envvar="MESHSERVE_TRITON_REPOSITORY")
+    ] = EXAMPLE_TRITON_MODELS,
+    triton: Annotated[bool, typer.Option(help="run NVIDIA Triton (when installed) and its registrar")] = True,
     router_port: Annotated[int, typer.Option(help="router port (0: any free port)")] = DEFAULT_ROUTER_PORT,
     etcd_port: Annotated[
         int | None, typer.Option(help="etcd client port (default 2379 when free, else any free port)")
@@ -119,19 +126,21 @@ def up(
         Path | None, typer.Option(help="once up, write the addresses and child PIDs as JSON here")
     ] = None,
 ) -> None:
-    """Start etcd, NATS, the audit service, the router and the Python and R runtimes; Ctrl-C stops them."""
+    """Start etcd, NATS, the audit service, the router, the Python and R runtimes and Triton; Ctrl-C stops them."""
     # Also when started with SIGINT ignored (a background job of a script).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     ensure_examples(model_repository)
     if not model_repository.is_dir():
         raise UserError(f"model repository {model_repository} is not a folder")
+    if triton and triton_repository is not None and not triton_repository.is_dir():
+        raise UserError(f"Triton model repository {triton_repository} is not a folder")
     if router_port and not port_is_free(host, router_port):
         raise UserError(f"port {router_port} on {host} is in use: stop what holds it or pass --router-port")
     mesh = LocalMesh(MeshConfig(
         model_repository=model_repository, host=host, router_port=router_port, etcd_port=etcd_port,
         runtime_port=runtime_port, data_dir=data_dir, log_level=log_level, audit_port=audit_port,
-        nats_port=nats_port, audit=audit,
+        nats_port=nats_port, audit=audit, triton_repository=triton_repository if triton else None,
     ))
     pids: dict[str, int] = {}
     exit_code = 0
@@ -143,6 +152,7 @@ def up(
                 ("router (OIP gRPC)", "router", mesh.router_address),
                 ("python runtime", "runtime", mesh.runtime_address),
                 ("R runtime", "r-runtime", mesh.addresses.get("r-runtime", "")),
+                ("Triton (gRPC)", "triton", mesh.addresses.get("triton", "")),
                 ("audit service", "audit", mesh.audit_address),
                 ("NATS JetStream", "nats", mesh.nats_url),
                 ("etcd", "etcd", mesh.etcd_endpoint),

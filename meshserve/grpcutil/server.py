@@ -48,6 +48,10 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
         # own retry buffering only costs a copy of every message.
         ("grpc.enable_retries", 0),
         ("grpc.keepalive_time_ms", 30_000),
+        # A peer that restarts (a runtime, Triton) is found again within a second, not
+        # after gRPC's default back-off of up to two minutes.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
     ]
 
 

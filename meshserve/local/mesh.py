@@ -1,4 +1,4 @@
-"""The local mesh: etcd, NATS, the audit service, the router and the Python runtime.
+"""The local mesh: etcd, NATS, the audit service, the router, the Python and R runtimes and Triton.
 
 ``meshserve up`` runs one in the foreground; test fixtures use the same class::
 
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from meshserve.local import triton
 from meshserve.local.etcd import EtcdServer
 from meshserve.local.nats import NatsServer
 from meshserve.local.process import ManagedProcess, start_service
@@ -57,6 +58,9 @@ class MeshConfig:
     audit: bool = True
     # Run the R runtime on the same model repository (when Rscript is installed).
     r_runtime: bool = True
+    # Run NVIDIA Triton on this model repository (Triton's own layout), with its registrar,
+    # when the tritonserver binary is installed. None: no Triton.
+    triton_repository: Path | None = None
     # Where the audit service stores the trail; default: SQLite in the data directory.
     audit_database: str | None = None
     # None: a temporary directory, removed on stop. Otherwise kept.
@@ -83,6 +87,7 @@ class LocalMesh:
         self.data_dir = config.data_dir or Path(".")
         self.etcd: EtcdServer | None = None
         self.nats: NatsServer | None = None
+        self.triton: triton.TritonServer | None = None
         # name -> process, in start order (etcd and NATS included, through their servers)
         self._children: dict[str, ManagedProcess] = {}
         self._stops: list[tuple[str, Callable[[], None]]] = []
@@ -131,6 +136,11 @@ class LocalMesh:
             steps.append(Step("R runtime", self._start_r_runtime))
         elif self.config.r_runtime:
             log.warning("Rscript not found: no R runtime (install Debian's r-base-core and r-cran-randomforest)")
+        if self.config.triton_repository is not None and triton.available():
+            steps += [Step("Triton", self._start_triton), Step("Triton registrar", self._start_triton_registrar)]
+        elif self.config.triton_repository is not None:
+            log.warning("no Triton: the tritonserver binary or Debian's python3-numpy is missing (%s)",
+                        triton.INSTALL_HINT)
         return steps
 
     def start(self) -> None:
@@ -216,6 +226,25 @@ class LocalMesh:
             "--worker-log", str(self.log_dir / "r-workers.log"),
         ])
         return self.addresses["r-runtime"]
+
+    def _start_triton(self) -> str:
+        assert self.config.triton_repository is not None
+        server = triton.TritonServer(self.config.triton_repository.resolve(), self.data_dir / "triton",
+                                     self.log_dir / "triton.log", host=self.config.host)
+        self.triton = server
+        self._stops.append(("triton", server.stop))
+        server.start(timeout=self.config.start_timeout_s)
+        assert server.process is not None
+        self._children["triton"] = server.process
+        self.addresses["triton"] = server.address
+        return server.address
+
+    def _start_triton_registrar(self) -> str:
+        assert self.triton is not None
+        self._service("triton-registrar", "meshserve.runtimes.triton", [
+            "--etcd-endpoint", self.etcd_endpoint, "--triton-address", self.triton.address,
+        ])
+        return self.triton.address
 
     # -- stop ------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,6 +61,9 @@ class RegistryCache:
         self.placements: dict[tuple[str, str, str], pb.Placement] = {}
         self.models: dict[str, ModelView] = {}
         self.audit_policies: dict[str, audit_pb2.AuditPolicy] = {}
+        # Models whose last placement left (a runtime died or stopped), with when: callers
+        # get UNAVAILABLE (try again) for them rather than NOT_FOUND.
+        self.departed: dict[str, float] = {}
         self.revision = 0
         self.connected = False
         self._on_change = on_change
@@ -148,9 +152,11 @@ class RegistryCache:
                 by_model[model].append(placement)
         for name, placements in by_model.items():
             if not placements:
-                self.models.pop(name, None)
+                if self.models.pop(name, None) is not None:
+                    self.departed[name] = time.monotonic()
                 continue
-            versions = sorted({p.version for p in placements}, key=version_sort_key)
+            self.departed.pop(name, None)
+            versions = sorted({p.version for p in placements if p.version}, key=version_sort_key)
             ready: dict[str, tuple[Replica, ...]] = {}
             for version in versions:
                 replicas = tuple(

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -19,6 +18,7 @@ from meshserve.protos.inference import grpc_service_pb2 as oip
 from .audit import Call, CallAudit, Metadata
 from .replicas import Connection, ConnectionPool
 from .resolve import Resolver
+from .streams import Awaiting
 from .wire import string_fields
 
 log = logging.getLogger(__name__)
@@ -145,14 +145,14 @@ class Forwarder:
 
         One upstream stream is opened per replica the stream's requests need; their
         responses are merged back in the order each replica sends them. A request that
-        cannot be routed gets an error response, and the stream goes on. Each request is
-        audited with the response its replica sends for it (replicas answer a stream's
-        requests in order).
+        cannot be routed gets an error response, and the stream goes on. Each response is
+        audited with the request it answers (see :mod:`.streams`; a decoupled model's
+        request gives one event per response).
         """
         # Bounded: a slow reader holds back the runtimes instead of filling the router's memory.
         out: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=STREAM_BUFFER)
         upstreams: dict[str, grpc.aio.StreamStreamCall[bytes, bytes]] = {}
-        awaiting: dict[str, deque[tuple[Call, bytes]]] = {}
+        awaiting: dict[str, Awaiting] = {}
         pumps: list[asyncio.Task[None]] = []
         timeout = context.time_remaining()
         metadata = forwarded_metadata(context)
@@ -179,13 +179,16 @@ class Forwarder:
             pending = awaiting[conn.address]
             try:
                 async for response in upstream:
-                    if pending:
-                        response = await settle(*pending.popleft(), response)
+                    entry = pending.match(response) if audit is not None else None
+                    if entry is not None:
+                        response = await settle(entry.call, entry.request, response)
                     await out.put(response)
+                for entry in pending.drain():  # the upstream ended: decoupled requests are complete
+                    if not entry.answers:
+                        audited(entry.call, entry.request, None, _OK, "the model sent no response")
             except grpc.aio.AioRpcError as e:
-                for call, request in pending:
-                    audited(call, request, None, e.code(), e.details() or e.code().name)
-                pending.clear()
+                for entry in pending.drain():
+                    audited(entry.call, entry.request, None, e.code(), e.details() or e.code().name)
                 await out.put(e)
             finally:
                 conn.inflight -= 1
@@ -209,11 +212,12 @@ class Forwarder:
                     if upstream is None:
                         upstream = conn.stream()(timeout=timeout, metadata=metadata)
                         upstreams[conn.address] = upstream
-                        awaiting[conn.address] = deque()
+                        awaiting[conn.address] = Awaiting()
                         conn.inflight += 1
                         pumps.append(asyncio.create_task(pump(conn, upstream)))
                     if audit is not None:
-                        awaiting[conn.address].append((call, request))
+                        awaiting[conn.address].add(call, request, self.resolver.decoupled(
+                            name, call.resolved_version, conn.replica.runtime_id))
                     await upstream.write(request)
                 for upstream in upstreams.values():
                     with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
@@ -237,6 +241,6 @@ class Forwarder:
             for task in pumps:
                 task.cancel()
             for pending in awaiting.values():  # the caller left before these were answered
-                for call, request in pending:
-                    audited(call, request, None, _CANCELLED, "the stream ended before the answer")
-                pending.clear()
+                for entry in pending.drain():
+                    if not entry.answers:
+                        audited(entry.call, entry.request, None, _CANCELLED, "the stream ended before the answer")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 from meshserve.errors import InvalidArgument, NotFound, Unavailable
 from meshserve.names import check_model_name, check_version
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry.cache import ModelView, RegistryCache, Replica
 
 _LISTED = 20
+# How long a model whose runtimes all left is answered UNAVAILABLE rather than NOT_FOUND.
+DEPARTED_S = 600.0
 
 
 def _listing(items: list[str]) -> str:
@@ -25,6 +29,10 @@ class Resolver:
         view = self.cache.models.get(name)
         if view is None:
             check_model_name(name)
+            departed = self.cache.departed.get(name)
+            if departed is not None and time.monotonic() - departed < DEPARTED_S:
+                raise Unavailable(f"model {name!r} is unavailable: every runtime that served it left the registry "
+                                  f"{time.monotonic() - departed:.0f} s ago (stopped or unreachable); try again")
             raise NotFound(f"model {name!r} is not in the mesh; models: {_listing(self.cache.model_names())}")
         return view
 
@@ -40,6 +48,11 @@ class Resolver:
                 if replicas:
                     return version, replicas
         raise self._why_not(name, version)
+
+    def decoupled(self, name: str, version: str, runtime_id: str) -> bool:
+        """Whether this replica's placement of the model may answer a request zero or many times."""
+        placement = self.cache.placements.get((name, version, runtime_id))
+        return placement is not None and placement.decoupled
 
     def _why_not(self, name: str, version: str) -> Exception:
         try:

@@ -38,11 +38,19 @@ def test_models_table_groups_versions_and_counts_ready_replicas() -> None:
         placement("zeta", "1", "a", reg.MODEL_STATE_FAILED), placement("alpha", "1", "b"),
     ])
     assert rows(table) == [
-        ["alpha", "1", "python", "1", "ready"],
-        ["iris", "2, 10", "python", "2", "ready x3"],
-        ["zeta", "1", "python", "0", "failed"],
+        ["alpha", "1", "python", "1", "ready", "-"],
+        ["iris", "2, 10", "python", "2", "ready x3", "-"],
+        ["zeta", "1", "python", "0", "failed", "-"],
     ]
     assert "iris" in render(table)
+
+
+def test_models_table_shows_why_a_load_failed() -> None:
+    failed = placement("broken", "1", "triton-1", reg.MODEL_STATE_FAILED)
+    failed.reason = "failed to load 'broken' version 1: Internal: RuntimeError: no weights\n\nAt: model.py(4)"
+    assert rows(models_table([failed]))[0][-2:] == [
+        "failed", "failed to load 'broken' version 1: Internal: RuntimeError: no weights"
+    ]
 
 
 def test_models_table_empty() -> None:

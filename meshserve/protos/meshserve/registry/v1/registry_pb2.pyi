@@ -129,6 +129,7 @@ class Placement(_message.Message):
     PLATFORM_FIELD_NUMBER: _builtins.int
     UPDATED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     LINK_ADDRESS_FIELD_NUMBER: _builtins.int
+    DECOUPLED_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.str
     runtime_id: _builtins.str
@@ -141,6 +142,10 @@ class Placement(_message.Message):
     updated_at_unix_ms: _builtins.int
     link_address: _builtins.str
     """The runtime's mesh link address, copied from its Runtime record."""
+    decoupled: _builtins.bool
+    """The model may send zero or many responses per streamed request (Triton's decoupled
+    transaction policy); routers audit each of those responses.
+    """
     def __init__(
         self,
         *,
@@ -154,10 +159,11 @@ class Placement(_message.Message):
         platform: _builtins.str = ...,
         updated_at_unix_ms: _builtins.int = ...,
         link_address: _builtins.str = ...,
+        decoupled: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "link_address", b"link_address", "model", b"model", "platform", b"platform", "reason", b"reason", "runtime_id", b"runtime_id", "runtime_kind", b"runtime_kind", "state", b"state", "updated_at_unix_ms", b"updated_at_unix_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "decoupled", b"decoupled", "link_address", b"link_address", "model", b"model", "platform", b"platform", "reason", b"reason", "runtime_id", b"runtime_id", "runtime_kind", b"runtime_kind", "state", b"state", "updated_at_unix_ms", b"updated_at_unix_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

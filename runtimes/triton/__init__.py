@@ -1,0 +1,1 @@
+"""NVIDIA Triton as a meshserve runtime: a registrar mirrors a Triton server into the registry."""

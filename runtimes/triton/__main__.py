@@ -1,0 +1,3 @@
+from .registrar import main
+
+main()
