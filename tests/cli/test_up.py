@@ -88,7 +88,7 @@ def test_up_serves_models_and_stops_every_child(mesh_up: tuple[subprocess.Popen[
     router = info["router"]
     children: dict[str, int] = info["children"]
     assert {"etcd", "nats", "audit", "router", "runtime"} <= set(children)
-    assert set(children) <= {"etcd", "nats", "audit", "router", "runtime", "r-runtime"}
+    assert set(children) <= {"etcd", "nats", "audit", "router", "runtime", "r-runtime", "triton", "triton-registrar"}
     assert all(alive(pid) for pid in children.values())
 
     def iris_listed() -> str:
@@ -113,6 +113,15 @@ def test_up_serves_models_and_stops_every_child(mesh_up: tuple[subprocess.Popen[
     table = cli("infer", "iris", "--router", router, "--input", "features=[5.1, 3.5, 1.4, 0.2]")
     assert table.returncode == 0, table.stderr
     assert "probabilities" in table.stdout
+
+    if "triton" in children:  # Triton's simple, through the same router
+        def simple_answers() -> None:
+            ones = [list(range(16))]
+            done = cli("infer", "simple", "--router", router, "--format", "json",
+                       "--json", json.dumps({"INPUT0": ones, "INPUT1": ones}))
+            assert done.returncode == 0, done.stderr
+            assert json.loads(done.stdout)["outputs"]["OUTPUT0"] == [[2 * i for i in range(16)]]
+        eventually(simple_answers)
 
     missing = cli("infer", "nosuchmodel", "--router", router, "--input", "x=[1]")
     assert missing.returncode == 1
