@@ -76,27 +76,6 @@ def test_decoupled_stream_through_router_equals_direct(router_address: str, trit
     assert routed == direct == [("r0", 3), ("r0", 2), ("r0", 1), ("r2", 2), ("r2", 1)]
 
 
-def test_stream_mixes_triton_models(router_address: str) -> None:
-    """One client stream, two Triton models: the decoupled answers and the plain one all arrive."""
-    received: list[oip.ModelStreamInferResponse] = []
-
-    def requests():  # type: ignore[no-untyped-def]
-        count = oip.ModelInferRequest(model_name="countdown", id="c")
-        count.inputs.add(name="N", datatype="INT32", shape=[1]).contents.int_contents.append(2)
-        yield count
-        plain = oip.ModelInferRequest(model_name="simple", id="s")
-        for name, value in (("INPUT0", A), ("INPUT1", B)):
-            plain.inputs.add(name=name, datatype="INT32", shape=[1, 16]).contents.int_contents.extend(
-                value.ravel().tolist())
-        yield plain
-
-    with grpc.insecure_channel(router_address) as channel:
-        stub = oip_grpc.GRPCInferenceServiceStub(channel)
-        received.extend(stub.ModelStreamInfer(requests(), timeout=10))
-    assert not [r.error_message for r in received if r.error_message]
-    assert sorted(r.infer_response.id for r in received) == ["c", "c", "s"]
-
-
 def test_metadata_and_ready_forwarded(router: grpc.Channel, triton_server: TritonServer) -> None:
     routed = oip_grpc.GRPCInferenceServiceStub(router)
     with grpc.insecure_channel(triton_server.address) as channel:
