@@ -16,7 +16,6 @@ it), else with the Python load generator. Results also go to bench/results/.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -24,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +34,8 @@ from bench.floor import floor_server  # noqa: E402
 from bench.h2load import available as h2load_available  # noqa: E402
 from bench.h2load import call_once, run_h2load  # noqa: E402
 from bench.loadgen import Result, run_load  # noqa: E402
+from bench.services import service  # noqa: E402
 from meshserve.local.etcd import EtcdServer  # noqa: E402
-from meshserve.local.process import start_service  # noqa: E402
 from meshserve.oip import build_request  # noqa: E402
 from meshserve.runtime import load_manifest  # noqa: E402
 from meshserve.runtimes.r.loader import model_spec  # noqa: E402
@@ -78,25 +76,6 @@ async def in_process(calls: int) -> tuple[float, float]:
         await pool.close()
 
 
-@contextlib.contextmanager
-def service(folder: Path, name: str, module: str, *args: str) -> Iterator[str]:
-    process, info = start_service(name, module, ["--port", "0", "--log-level", "WARNING", *args], folder)
-    try:
-        yield str(info["address"])
-    finally:
-        process.stop()
-
-
-@contextlib.contextmanager
-def etcd(folder: Path) -> Iterator[str]:
-    server = EtcdServer(folder, folder / "etcd.log")
-    server.start()
-    try:
-        yield server.endpoint
-    finally:
-        server.stop()
-
-
 def main() -> int:
     if shutil.which("Rscript") is None or not (MODELS / "mtcars" / "1" / "model.rds").exists():
         print("R benchmark skipped: Rscript or the mtcars example is missing (make examples builds it)")
@@ -110,11 +89,12 @@ def main() -> int:
     for model in ("mtcars", "iris-rf"):
         shutil.copytree(MODELS / model, repository / model)
     try:
-        with etcd(folder / "a") as endpoint_a, etcd(folder / "b") as endpoint_b, \
-                service(folder, "r2", "meshserve.runtimes.r", "--pool-size", "2", "--etcd-endpoint", endpoint_a,
+        with EtcdServer(folder / "a", folder / "a.log") as etcd_a, \
+                EtcdServer(folder / "b", folder / "b.log") as etcd_b, \
+                service(folder, "r2", "meshserve.runtimes.r", "--pool-size", "2", "--etcd-endpoint", etcd_a.endpoint,
                         "--model-repository", str(repository)) as two, \
-                service(folder, "router", "meshserve.services.router", "--etcd-endpoint", endpoint_a) as router, \
-                service(folder, "r1", "meshserve.runtimes.r", "--pool-size", "1", "--etcd-endpoint", endpoint_b,
+                service(folder, "router", "meshserve.services.router", "--etcd-endpoint", etcd_a.endpoint) as router, \
+                service(folder, "r1", "meshserve.runtimes.r", "--pool-size", "1", "--etcd-endpoint", etcd_b.endpoint,
                         "--model-repository", str(repository)) as one:
             with floor_server(call_once(two, request)) as floor_address:
                 floor = measure(floor_address, request, 1)

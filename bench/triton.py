@@ -28,10 +28,12 @@ sys.path.insert(0, str(ROOT))
 from bench.h2load import available as h2load_available  # noqa: E402
 from bench.h2load import run_h2load  # noqa: E402
 from bench.loadgen import Result, run_load  # noqa: E402
-from bench.r_runtime import etcd, service  # noqa: E402
+from bench.services import service  # noqa: E402
 from meshserve.local import triton  # noqa: E402
+from meshserve.local.etcd import EtcdServer  # noqa: E402
 from meshserve.oip import build_request  # noqa: E402
 from meshserve.protos.inference import grpc_service_pb2 as oip  # noqa: E402
+from meshserve.protos.inference.grpc_service_pb2_grpc import GRPCInferenceServiceStub  # noqa: E402
 
 REQUEST = build_request("simple", {
     "INPUT0": np.arange(16, dtype=np.int32).reshape(1, 16), "INPUT1": np.ones((1, 16), dtype=np.int32),
@@ -48,11 +50,9 @@ def measure(address: str, concurrency: int, duration_s: float) -> Result:
 def wait_routed(address: str) -> None:
     """Until the router has `simple` from the registrar."""
     with grpc.insecure_channel(address) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelReady",
-                                   request_serializer=oip.ModelReadyRequest.SerializeToString,
-                                   response_deserializer=oip.ModelReadyResponse.FromString)
+        stub = GRPCInferenceServiceStub(channel)
         for _ in range(200):
-            if call(oip.ModelReadyRequest(name="simple"), timeout=5).ready:
+            if stub.ModelReady(oip.ModelReadyRequest(name="simple"), timeout=5).ready:
                 return
             time.sleep(0.05)
     raise SystemExit("the router never saw `simple` ready")
@@ -73,10 +73,10 @@ def main() -> int:
     rows: dict[tuple[str, int], list[Result]] = {}
     try:
         server.start()
-        with etcd(folder / "etcd") as endpoint, \
+        with EtcdServer(folder / "etcd", folder / "etcd.log") as etcd, \
                 service(folder, "registrar", "meshserve.runtimes.triton", "--triton-address", server.address,
-                        "--etcd-endpoint", endpoint), \
-                service(folder, "router", "meshserve.services.router", "--etcd-endpoint", endpoint) as router:
+                        "--etcd-endpoint", etcd.endpoint), \
+                service(folder, "router", "meshserve.services.router", "--etcd-endpoint", etcd.endpoint) as router:
             wait_routed(router)
             for _ in range(args.rounds):
                 for label, address in (("direct", server.address), ("router", router)):

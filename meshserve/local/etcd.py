@@ -84,3 +84,10 @@ class EtcdServer:
         if self.process is not None:
             self.process.stop()
             self.process = None
+
+    def __enter__(self) -> EtcdServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -28,6 +28,8 @@ from pathlib import Path
 import grpc
 
 from meshserve.local.process import ManagedProcess, ProcessFailed, free_port
+from meshserve.protos.inference import grpc_service_pb2 as oip
+from meshserve.protos.inference.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 INSTALL_HINT = "run `make venv` (it unpacks the nvidia-pytriton wheel into .venv/opt/pytriton)"
@@ -70,15 +72,9 @@ def prepare_backends(home: Path, target: Path) -> Path:
 
 
 def _ready(address: str) -> bool:
-    from meshserve.protos.inference import grpc_service_pb2 as pb
-
     try:
         with grpc.insecure_channel(address) as channel:
-            reply = channel.unary_unary(
-                "/inference.GRPCInferenceService/ServerReady",
-                request_serializer=pb.ServerReadyRequest.SerializeToString,
-                response_deserializer=pb.ServerReadyResponse.FromString,
-            )(pb.ServerReadyRequest(), timeout=0.5)
+            reply = GRPCInferenceServiceStub(channel).ServerReady(oip.ServerReadyRequest(), timeout=0.5)
             return bool(reply.ready)
     except grpc.RpcError:
         return False

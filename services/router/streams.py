@@ -38,9 +38,6 @@ class Awaiting:
         self._items: deque[Pending] = deque()
         self._decoupled = 0
 
-    def __bool__(self) -> bool:
-        return bool(self._items)
-
     def add(self, call: Call, request: bytes, decoupled: bool) -> None:
         request_id = string_fields(request, 3)[0] if decoupled else ""
         self._items.append(Pending(call, request, decoupled, request_id))
@@ -50,8 +47,8 @@ class Awaiting:
         """The request ``response`` answers; it leaves with its last answer."""
         if not self._items:
             return None
-        if not self._decoupled:
-            return self._take(self._items[0])
+        if not self._decoupled:  # one answer per request, in order
+            return self._items.popleft()
         try:
             streamed = oip.ModelStreamInferResponse.FromString(response)
         except DecodeError:

@@ -60,10 +60,8 @@ def r_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def r_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     """An etcd of the package's own: its models' names cannot meet another package's."""
     folder = tmp_path_factory.mktemp("r-etcd")
-    server = EtcdServer(folder, folder / "etcd.log")
-    server.start()
-    yield server
-    server.stop()
+    with EtcdServer(folder, folder / "etcd.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="package")

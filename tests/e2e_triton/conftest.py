@@ -52,10 +52,8 @@ def triton_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="package")
 def triton_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     folder = tmp_path_factory.mktemp("triton-etcd")
-    server = EtcdServer(folder, folder / "etcd.log")
-    server.start()
-    yield server
-    server.stop()
+    with EtcdServer(folder, folder / "etcd.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="package")

@@ -28,16 +28,14 @@ MODELS = {"simple", "countdown", "iris-onnx"}
 @pytest.fixture
 def own_mesh(triton_repository: Path, tmp_path: Path) -> Iterator[tuple[TritonServer, EtcdServer, str]]:
     """A Triton, an etcd and a router of the test's own (the test kills things)."""
-    etcd = EtcdServer(tmp_path / "etcd", tmp_path / "etcd.log")
-    etcd.start()
     server = TritonServer(triton_repository, tmp_path / "triton", tmp_path / "triton.log")
-    try:
-        server.start()
-        with router_process(etcd.endpoint, tmp_path) as (_, address):
-            yield server, etcd, address
-    finally:
-        server.stop()
-        etcd.stop()
+    with EtcdServer(tmp_path / "etcd", tmp_path / "etcd.log") as etcd:
+        try:
+            server.start()
+            with router_process(etcd.endpoint, tmp_path) as (_, address):
+                yield server, etcd, address
+        finally:
+            server.stop()
 
 
 def _ready(address: str) -> set[str]:

@@ -29,7 +29,7 @@ def test_plain_models_answer_in_order() -> None:
     ledger.add(*second, decoupled=False)
     assert ledger.match(b"anything").call is first[0]  # type: ignore[union-attr]
     assert ledger.match(b"x").call is second[0]  # type: ignore[union-attr]
-    assert not ledger
+    assert not ledger.drain()
 
 
 def test_decoupled_responses_go_to_their_request_by_id() -> None:
@@ -48,7 +48,7 @@ def test_final_flag_closes_a_decoupled_request() -> None:
     ledger.add(*a, decoupled=True)
     entry = ledger.match(response("countdown", "a", final=True))
     assert entry is not None and entry.answers == 1
-    assert not ledger
+    assert not ledger.drain()
 
 
 def test_plain_answer_after_an_open_decoupled_request_goes_by_model() -> None:
