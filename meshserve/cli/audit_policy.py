@@ -9,7 +9,7 @@ import typer
 from google.protobuf import json_format
 from rich.table import Table
 
-from meshserve.cli.common import cli_errors, console
+from meshserve.cli.common import DEFAULT_ETCD, EtcdOption, cli_errors, console
 from meshserve.names import check_model_name
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 from meshserve.registry import keys
@@ -18,8 +18,6 @@ from meshserve.registry.etcd import connect
 policy_app = typer.Typer(help="Per-model audit policy: payload capture, redaction, strict mode.",
                          no_args_is_help=True)
 
-EtcdOption = Annotated[str, typer.Option("--etcd", envvar="MESHSERVE_ETCD", help="etcd host:port of the mesh")]
-DEFAULT_ETCD = "127.0.0.1:2379"
 
 
 async def _read(etcd: str, model: str) -> dict[str, audit_pb2.AuditPolicy]:

@@ -24,6 +24,8 @@ RouterOption = Annotated[
     str,
     typer.Option("--router", envvar="MESHSERVE_ROUTER", help="router host:port", show_default=True),
 ]
+DEFAULT_ETCD = "127.0.0.1:2379"
+EtcdOption = Annotated[str, typer.Option("--etcd", envvar="MESHSERVE_ETCD", help="etcd host:port of the mesh")]
 TimeoutOption = Annotated[
     float, typer.Option("--timeout", help="seconds to wait for each call", min=0.1)
 ]

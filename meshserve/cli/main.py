@@ -7,6 +7,8 @@
     meshserve router --port 8001 ...  # one service in the foreground
     meshserve runtime python --model-repository examples/models ...
     meshserve audit query --model iris  # the audit trail (also: tail, verify, export)
+    meshserve alias set iris stable 2   # named versions
+    meshserve route set iris --split 1=90,2=10 --shadow 3  # traffic policy
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import typer
 from meshserve.cli.audit import audit_app
 from meshserve.cli.infer import infer
 from meshserve.cli.registry import models, runtimes
+from meshserve.cli.routes import alias_app, route_app
 from meshserve.cli.services import PASS_THROUGH, router, runtime_app
 from meshserve.cli.up import up
 
@@ -33,6 +36,8 @@ app.command()(infer)
 app.command(context_settings=PASS_THROUGH, add_help_option=False)(router)
 app.add_typer(runtime_app, name="runtime")
 app.add_typer(audit_app, name="audit")
+app.add_typer(alias_app, name="alias")
+app.add_typer(route_app, name="route")
 
 
 if __name__ == "__main__":

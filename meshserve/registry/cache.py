@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aetcd
 
@@ -61,6 +62,13 @@ class RegistryCache:
         self.placements: dict[tuple[str, str, str], pb.Placement] = {}
         self.models: dict[str, ModelView] = {}
         self.audit_policies: dict[str, audit_pb2.AuditPolicy] = {}
+        # How each model's calls choose a version (aliases, default, splits, shadows).
+        self.routes: dict[str, pb.Route] = {}
+        # Records kept one per model: (key parser, where they go, their message type).
+        self._model_records: tuple[tuple[Callable[[bytes], str | None], dict[str, Any], Any], ...] = (
+            (keys.parse_audit_policy_key, self.audit_policies, audit_pb2.AuditPolicy),
+            (keys.parse_route_key, self.routes, pb.Route),
+        )
         # Models whose last placement left (a runtime died or stopped), with when: callers
         # get UNAVAILABLE (try again) for them rather than NOT_FOUND.
         self.departed: dict[str, float] = {}
@@ -99,7 +107,8 @@ class RegistryCache:
         snapshot = await self._client.get_prefix(keys.ROOT.encode())
         self.runtimes.clear()
         self.placements.clear()
-        self.audit_policies.clear()
+        for _, records, _ in self._model_records:
+            records.clear()
         for kv in snapshot:
             self._put(kv.key, kv.value)
         self.revision = snapshot.header.revision
@@ -122,12 +131,13 @@ class RegistryCache:
         if runtime_id is not None:
             with contextlib.suppress(Exception):
                 self.runtimes[runtime_id] = pb.Runtime.FromString(value)
-        model = keys.parse_audit_policy_key(key)
-        if model is not None:
-            try:
-                self.audit_policies[model] = audit_pb2.AuditPolicy.FromString(value)
-            except Exception:  # noqa: BLE001 - keep the last good policy
-                log.warning("ignoring unreadable audit policy at %r", key)
+        for parse, records, message in self._model_records:
+            model = parse(key)
+            if model is not None:
+                try:
+                    records[model] = message.FromString(value)
+                except Exception:  # noqa: BLE001 - keep the last good record
+                    log.warning("ignoring unreadable record at %r", key)
         return None
 
     def _delete(self, key: bytes) -> str | None:
@@ -138,9 +148,10 @@ class RegistryCache:
         runtime_id = keys.parse_runtime_key(key)
         if runtime_id is not None:
             self.runtimes.pop(runtime_id, None)
-        model = keys.parse_audit_policy_key(key)
-        if model is not None:
-            self.audit_policies.pop(model, None)
+        for parse, records, _ in self._model_records:
+            model = parse(key)
+            if model is not None:
+                records.pop(model, None)
         return None
 
     def _rebuild(self, changed: set[str] | None) -> None:

@@ -6,6 +6,7 @@ ROOT = "/meshserve/v1/"
 RUNTIMES = ROOT + "runtimes/"
 PLACEMENTS = ROOT + "placements/"
 AUDIT_POLICIES = ROOT + "audit-policies/"
+ROUTES = ROOT + "routes/"
 
 
 def runtime_key(runtime_id: str) -> bytes:
@@ -41,3 +42,12 @@ def audit_policy_key(model: str) -> bytes:
 def parse_audit_policy_key(key: bytes) -> str | None:
     text = _text(key)
     return text[len(AUDIT_POLICIES):] if text.startswith(AUDIT_POLICIES) else None
+
+
+def route_key(model: str) -> bytes:
+    return (ROUTES + model).encode()
+
+
+def parse_route_key(key: bytes) -> str | None:
+    text = _text(key)
+    return text[len(ROUTES):] if text.startswith(ROUTES) else None

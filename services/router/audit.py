@@ -40,7 +40,7 @@ _NO_POLICY = audit_pb2.AuditPolicy()
 class Call:
     """What the router learns about one call while routing it."""
 
-    __slots__ = ("method", "model", "replica", "requested_version", "resolved_version", "start_ns")
+    __slots__ = ("method", "model", "replica", "requested_version", "resolved_version", "shadow", "start_ns")
 
     def __init__(self, method: str) -> None:
         self.method = method
@@ -49,6 +49,7 @@ class Call:
         self.requested_version = ""
         self.resolved_version = ""
         self.replica: Replica | None = None
+        self.shadow = False  # a mirrored call whose answer only the audit trail sees
 
 
 def _metadata_value(metadata: Metadata, key: str) -> str:
@@ -172,6 +173,7 @@ class CallAudit:
             start_unix_nanos=call.start_ns, duration_nanos=end_ns - call.start_ns,
             status_code=code.value[0], status_message=message, input_bytes=len(request),
             output_bytes=len(response) if response else 0, method=call.method, router_id=self.router_id,
+            shadow=call.shadow,
         )
         policy = self.policies.get(call.model, _NO_POLICY)
         with contextlib.suppress(DecodeError):
@@ -186,6 +188,8 @@ class CallAudit:
                 event.output_digest = side_digest(outputs)
                 event.outputs.extend(self._records(outputs, policy, ()))
         event.request_id = event.request_id or _metadata_value(metadata, "x-request-id") or event.event_id
+        if call.shadow:  # the mirrored request is the caller's: link the shadow to it
+            event.parent_request_id = event.request_id
         return event
 
     @staticmethod

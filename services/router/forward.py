@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -19,7 +21,9 @@ from .audit import Call, CallAudit, Metadata
 from .replicas import Connection, ConnectionPool
 from .resolve import Resolver
 from .streams import Awaiting
-from .wire import string_fields
+from .wire import string_field, string_fields
+
+Forward = Callable[[Call, bytes, Callable[[], "float | None"], Metadata], Coroutine[Any, Any, bytes]]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,9 @@ _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 STREAM_BUFFER = 64
+# Shadow calls run in the background, each with this deadline, at most this many at once.
+SHADOW_TIMEOUT_S = 30.0
+MAX_SHADOWS_IN_FLIGHT = 256
 
 
 # Metadata gRPC sets itself, never passed on to a runtime.
@@ -56,21 +63,29 @@ class Forwarder:
         self.pool = pool
         self.eject_s = eject_s
         self.audit = audit
+        self._shadows: set[asyncio.Task[None]] = set()
 
     def unary(self, method: str, name_field: int = 1, version_field: int = 2, link_method: int = 0,
-              audited: bool = False) -> Callable[[bytes, Context], Coroutine[Any, Any, bytes]]:
+              audited: bool = False, mirrored: bool = False) -> Callable[[bytes, Context], Coroutine[Any, Any, bytes]]:
         """A gRPC handler forwarding ``method``, routed by the given string fields.
 
         With ``link_method``, replicas that offer a mesh link are called over it; others
-        over gRPC. ``audited`` calls become call events (when the router audits).
+        over gRPC. ``audited`` calls become call events (when the router audits);
+        ``mirrored`` calls are also sent to the model's shadow versions, if it has any.
         """
         forward = self._forwarding(method, name_field, version_field, link_method)
         audit = self.audit
+        shadows = self.resolver.shadows if mirrored else None
+        mirror = functools.partial(self._mirror, forward, version_field)
 
         async def handler(request: bytes, context: Context) -> bytes:
             call = Call(method)
+            metadata = forwarded_metadata(context)
             try:
-                return await forward(call, request, context, forwarded_metadata(context))
+                response = await forward(call, request, context.time_remaining, metadata)
+                if shadows is not None and (versions := shadows(call.model)):
+                    mirror(versions, request, context.peer(), metadata)
+                return response
             except MeshError as e:
                 await context.abort(e.code, e.message)
             raise AssertionError("unreachable")
@@ -79,7 +94,9 @@ class Forwarder:
             call = Call(method)
             metadata = forwarded_metadata(context)
             try:
-                response = await forward(call, request, context, metadata)
+                response = await forward(call, request, context.time_remaining, metadata)
+                if shadows is not None and (versions := shadows(call.model)):
+                    mirror(versions, request, context.peer(), metadata)
                 if audit.strict(call.model):
                     await audit.record_durably(call, request, response, _OK, "", context.peer(), metadata)
                 else:
@@ -95,8 +112,30 @@ class Forwarder:
 
         return audited_handler if audited and audit.enabled else handler
 
-    def _forwarding(self, method: str, name_field: int, version_field: int,
-                    link_method: int) -> Callable[[Call, bytes, Context, Metadata], Coroutine[Any, Any, bytes]]:
+    def _mirror(self, forward: Forward, version_field: int, versions: list[str], request: bytes, peer: str,
+                metadata: Metadata) -> None:
+        """Send ``request`` on to each shadow version in the background; audit, then drop, the answers."""
+        for version in versions:
+            if len(self._shadows) >= MAX_SHADOWS_IN_FLIGHT:
+                log.warning("%d shadow calls in flight: not mirroring more until some finish", len(self._shadows))
+                return
+            task = asyncio.create_task(
+                self._shadow(forward, request + string_field(version_field, version), peer, metadata))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(self, forward: Forward, request: bytes, peer: str, metadata: Metadata) -> None:
+        call = Call("ModelInfer")
+        call.shadow = True
+        deadline = time.monotonic() + SHADOW_TIMEOUT_S
+        try:
+            response = await forward(call, request, lambda: deadline - time.monotonic(), metadata)
+        except MeshError as e:
+            self.audit.record(call, request, None, e.code, e.message, peer, metadata)
+        else:
+            self.audit.record(call, request, response, _OK, "", peer, metadata)
+
+    def _forwarding(self, method: str, name_field: int, version_field: int, link_method: int) -> Forward:
         """The forwarding itself: the response bytes, or a MeshError saying why not.
 
         A replica that is UNAVAILABLE is avoided for a while and, when the model has
@@ -106,16 +145,21 @@ class Forwarder:
         choose = self.pool.choose
         precheck = self.audit.precheck
         eject_s = self.eject_s
+        routed = self.resolver.cache.routes
 
-        async def forward(call: Call, request: bytes, context: Context, metadata: Metadata) -> bytes:
+        async def forward(call: Call, request: bytes, time_remaining: Callable[[], float | None],
+                          metadata: Metadata) -> bytes:
             call.model, call.requested_version = name, version = string_fields(request, name_field, version_field)
             precheck(name)
-            call.resolved_version, replicas = resolve(name, version)
+            call.resolved_version, replicas = resolve(name, version, metadata)
+            if call.resolved_version != version and (version or name in routed):
+                # An alias or a route chose the version: the runtime must serve that one.
+                request += string_field(version_field, call.resolved_version)
             conn = choose(replicas)
             for attempt in (0, 1):
                 call.replica = conn.replica
                 conn.inflight += 1
-                remaining = context.time_remaining()
+                remaining = time_remaining()
                 try:
                     if link_method and conn.link_address:
                         link = conn.open_link or await conn.link(remaining)
@@ -200,7 +244,9 @@ class Forwarder:
                     try:
                         call.model, call.requested_version = name, version = string_fields(request, 1, 2)
                         self.audit.precheck(name)
-                        call.resolved_version, replicas = self.resolver.resolve(name, version)
+                        call.resolved_version, replicas = self.resolver.resolve(name, version, metadata)
+                        if call.resolved_version != version and (version or name in self.resolver.cache.routes):
+                            request += string_field(2, call.resolved_version)
                     except MeshError as e:
                         audited(call, request, None, e.code, e.message)
                         await out.put(oip.ModelStreamInferResponse(error_message=e.message).SerializeToString())

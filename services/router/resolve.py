@@ -9,6 +9,8 @@ from meshserve.names import check_model_name, check_version
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry.cache import ModelView, RegistryCache, Replica
 
+from . import routes
+
 _LISTED = 20
 # How long a model whose runtimes all left is answered UNAVAILABLE rather than NOT_FOUND.
 DEPARTED_S = 600.0
@@ -36,10 +38,18 @@ class Resolver:
             raise NotFound(f"model {name!r} is not in the mesh; models: {_listing(self.cache.model_names())}")
         return view
 
-    def resolve(self, name: str, version: str) -> tuple[str, tuple[Replica, ...]]:
-        """(resolved version, replicas holding it ready), or the error to give the caller."""
+    def resolve(self, name: str, version: str, metadata: routes.Metadata = ()) -> tuple[str, tuple[Replica, ...]]:
+        """(resolved version, replicas holding it ready), or the error to give the caller.
+
+        ``version`` may be a version, an alias or empty (the model's route decides, else
+        the latest ready version); ``metadata`` carries a split's sticky header.
+        """
+        requested = version
         view = self.cache.models.get(name)
         if view is not None:
+            route = self.cache.routes.get(name)
+            if route is not None:
+                version = routes.choose(route, view, version, metadata)
             if not version:
                 if view.latest_ready is not None:
                     return view.latest_ready, view.ready[view.latest_ready]
@@ -47,7 +57,13 @@ class Resolver:
                 replicas = view.ready.get(version)
                 if replicas:
                     return version, replicas
-        raise self._why_not(name, version)
+        raise self._why_not(name, requested or version)
+
+    def shadows(self, name: str) -> list[str]:
+        """Versions each call of ``name`` is mirrored to (none without a route)."""
+        route = self.cache.routes.get(name)
+        view = self.cache.models.get(name)
+        return routes.shadows(route, view) if route is not None and view is not None else []
 
     def decoupled(self, name: str, version: str, runtime_id: str) -> bool:
         """Whether this replica's placement of the model may answer a request zero or many times."""
@@ -60,10 +76,16 @@ class Resolver:
             check_version(version)
         except (InvalidArgument, NotFound) as e:
             return e
-        if version and version not in view.versions:
-            return NotFound(f"model {name!r} has no version {version!r}; versions: {_listing(list(view.versions))}")
-        states = self.describe_states(name, version)
+        route = self.cache.routes.get(name)
+        aliases = dict(route.aliases) if route is not None else {}
         what = f"version {version!r} of model {name!r}" if version else f"model {name!r}"
+        if version in aliases and version not in view.versions:
+            what = f"alias {version!r} of model {name!r} (version {aliases[version]!r})"
+            version = aliases[version]
+        if version and version not in view.versions:
+            known = _listing(list(view.versions)) + (f"; aliases: {_listing(sorted(aliases))}" if aliases else "")
+            return NotFound(f"model {name!r} has no version {version!r}; versions: {known}")
+        states = self.describe_states(name, version)
         return Unavailable(f"{what} is not ready on any runtime ({states})")
 
     def describe_states(self, name: str, version: str) -> str:

@@ -19,7 +19,7 @@ from meshserve.registry.cache import RegistryCache, Replica
 
 from .replicas import ConnectionPool
 from .resolve import Resolver
-from .wire import string_fields
+from .wire import string_field, string_fields
 
 # The state shown for a version that no runtime holds ready: the most hopeful one.
 _STATE_ORDER = [pb.MODEL_STATE_READY, pb.MODEL_STATE_LOADING, pb.MODEL_STATE_UNLOADING,
@@ -68,7 +68,9 @@ class MeshServicer:
     async def model_metadata(self, request: bytes, context: Context) -> bytes:
         """Forwarded to a replica; the versions list is the whole mesh's."""
         name, version = string_fields(request, 1, 2)
-        _, replicas = self.resolver.resolve(name, version)
+        resolved, replicas = self.resolver.resolve(name, version)
+        if version and resolved != version:  # an alias: ask for the version it stands for
+            request += string_field(2, resolved)
         conn = self.pool.choose(replicas)
         try:
             raw = await conn.unary("ModelMetadata")(request, timeout=context.time_remaining())

@@ -28,6 +28,24 @@ def _varint(data: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def string_field(number: int, value: str) -> bytes:
+    """One encoded string field; appended to a message it overrides that field (last one wins)."""
+    data = value.encode()
+    return _varint_bytes(number << 3 | 2) + _varint_bytes(len(data)) + data
+
+
 def string_fields(data: bytes, first: int, second: int = 0) -> tuple[str, str]:
     """Values of string fields ``first`` and ``second`` ("" when absent; last one wins)."""
     values = ["", ""]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x1emeshserve/audit/v1/audit.proto\x12\x12meshserve.audit.v1\"\x80\x01\n\x0cTensorRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x10\n\x08redacted\x18\x06 \x01(\x08\x12\x11\n\ttruncated\x18\x07 \x01(\x08\"\xac\x04\n\tCallEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08trace_id\x18\x03 \x01(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x19\n\x11requested_version\x18\x07 \x01(\t\x12\x18\n\x10resolved_version\x18\x08 \x01(\t\x12\x14\n\x0cruntime_kind\x18\t \x01(\t\x12\x12\n\nruntime_id\x18\n \x01(\t\x12\x18\n\x10start_unix_nanos\x18\x0b \x01(\x03\x12\x16\n\x0e\x64uration_nanos\x18\x0c \x01(\x03\x12\x13\n\x0bstatus_code\x18\r \x01(\x05\x12\x16\n\x0estatus_message\x18\x0e \x01(\t\x12\x14\n\x0cinput_digest\x18\x0f \x01(\t\x12\x15\n\routput_digest\x18\x10 \x01(\t\x12\x13\n\x0binput_bytes\x18\x11 \x01(\x03\x12\x14\n\x0coutput_bytes\x18\x12 \x01(\x03\x12\x19\n\x11parent_request_id\x18\x13 \x01(\t\x12\x30\n\x06inputs\x18\x14 \x03(\x0b\x32 .meshserve.audit.v1.TensorRecord\x12\x31\n\x07outputs\x18\x15 \x03(\x0b\x32 .meshserve.audit.v1.TensorRecord\x12\x0e\n\x06method\x18\x16 \x01(\t\x12\x11\n\trouter_id\x18\x17 \x01(\t\"2\n\x0e\x43\x61llEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x03(\x0c\"i\n\x0b\x41uditPolicy\x12\x18\n\x10\x63\x61pture_payloads\x18\x01 \x01(\x08\x12\x19\n\x11max_payload_bytes\x18\x02 \x01(\x03\x12\x15\n\rredact_inputs\x18\x03 \x03(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"\x89\x01\n\x0b\x41uditRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12,\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1d.meshserve.audit.v1.CallEvent\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12\x11\n\tprev_hash\x18\x04 \x01(\t\x12\x19\n\x11stored_unix_nanos\x18\x05 \x01(\x03\"\xcc\x01\n\x0cQueryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x18\n\x10since_unix_nanos\x18\x05 \x01(\x03\x12\x18\n\x10until_unix_nanos\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\r\n\x05limit\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\x12\x0e\n\x06\x66ollow\x18\n \x01(\x08\"Y\n\rQueryResponse\x12/\n\x06record\x18\x01 \x01(\x0b\x32\x1f.meshserve.audit.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x0f\n\rVerifyRequest\"u\n\x0eVerifyResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x17\n\x0frecords_checked\x18\x02 \x01(\x03\x12\x1a\n\x12\x66irst_bad_sequence\x18\x03 \x01(\x03\x12\x0f\n\x07problem\x18\x04 \x01(\t\x12\x11\n\thead_hash\x18\x05 \x01(\t2\xb3\x01\n\x0c\x41uditService\x12P\n\x05Query\x12 .meshserve.audit.v1.QueryRequest\x1a!.meshserve.audit.v1.QueryResponse\"\x00\x30\x01\x12Q\n\x06Verify\x12!.meshserve.audit.v1.VerifyRequest\x1a\".meshserve.audit.v1.VerifyResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n\x1emeshserve/audit/v1/audit.proto\x12\x12meshserve.audit.v1\"\x80\x01\n\x0cTensorRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x10\n\x08redacted\x18\x06 \x01(\x08\x12\x11\n\ttruncated\x18\x07 \x01(\x08\"\xbc\x04\n\tCallEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x10\n\x08trace_id\x18\x03 \x01(\t\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x0c\n\x04peer\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x19\n\x11requested_version\x18\x07 \x01(\t\x12\x18\n\x10resolved_version\x18\x08 \x01(\t\x12\x14\n\x0cruntime_kind\x18\t \x01(\t\x12\x12\n\nruntime_id\x18\n \x01(\t\x12\x18\n\x10start_unix_nanos\x18\x0b \x01(\x03\x12\x16\n\x0e\x64uration_nanos\x18\x0c \x01(\x03\x12\x13\n\x0bstatus_code\x18\r \x01(\x05\x12\x16\n\x0estatus_message\x18\x0e \x01(\t\x12\x14\n\x0cinput_digest\x18\x0f \x01(\t\x12\x15\n\routput_digest\x18\x10 \x01(\t\x12\x13\n\x0binput_bytes\x18\x11 \x01(\x03\x12\x14\n\x0coutput_bytes\x18\x12 \x01(\x03\x12\x19\n\x11parent_request_id\x18\x13 \x01(\t\x12\x30\n\x06inputs\x18\x14 \x03(\x0b\x32 .meshserve.audit.v1.TensorRecord\x12\x31\n\x07outputs\x18\x15 \x03(\x0b\x32 .meshserve.audit.v1.TensorRecord\x12\x0e\n\x06method\x18\x16 \x01(\t\x12\x11\n\trouter_id\x18\x17 \x01(\t\x12\x0e\n\x06shadow\x18\x18 \x01(\x08\"2\n\x0e\x43\x61llEventBatch\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65vents\x18\x02 \x03(\x0c\"i\n\x0b\x41uditPolicy\x12\x18\n\x10\x63\x61pture_payloads\x18\x01 \x01(\x08\x12\x19\n\x11max_payload_bytes\x18\x02 \x01(\x03\x12\x15\n\rredact_inputs\x18\x03 \x03(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"\x89\x01\n\x0b\x41uditRecord\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12,\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1d.meshserve.audit.v1.CallEvent\x12\x0c\n\x04hash\x18\x03 \x01(\t\x12\x11\n\tprev_hash\x18\x04 \x01(\t\x12\x19\n\x11stored_unix_nanos\x18\x05 \x01(\x03\"\xcc\x01\n\x0cQueryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x18\n\x10since_unix_nanos\x18\x05 \x01(\x03\x12\x18\n\x10until_unix_nanos\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\r\n\x05limit\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\x12\x0e\n\x06\x66ollow\x18\n \x01(\x08\"Y\n\rQueryResponse\x12/\n\x06record\x18\x01 \x01(\x0b\x32\x1f.meshserve.audit.v1.AuditRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x0f\n\rVerifyRequest\"u\n\x0eVerifyResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x17\n\x0frecords_checked\x18\x02 \x01(\x03\x12\x1a\n\x12\x66irst_bad_sequence\x18\x03 \x01(\x03\x12\x0f\n\x07problem\x18\x04 \x01(\t\x12\x11\n\thead_hash\x18\x05 \x01(\t2\xb3\x01\n\x0c\x41uditService\x12P\n\x05Query\x12 .meshserve.audit.v1.QueryRequest\x1a!.meshserve.audit.v1.QueryResponse\"\x00\x30\x01\x12Q\n\x06Verify\x12!.meshserve.audit.v1.VerifyRequest\x1a\".meshserve.audit.v1.VerifyResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSORRECORD']._serialized_start=55
   _globals['_TENSORRECORD']._serialized_end=183
   _globals['_CALLEVENT']._serialized_start=186
-  _globals['_CALLEVENT']._serialized_end=742
-  _globals['_CALLEVENTBATCH']._serialized_start=744
-  _globals['_CALLEVENTBATCH']._serialized_end=794
-  _globals['_AUDITPOLICY']._serialized_start=796
-  _globals['_AUDITPOLICY']._serialized_end=901
-  _globals['_AUDITRECORD']._serialized_start=904
-  _globals['_AUDITRECORD']._serialized_end=1041
-  _globals['_QUERYREQUEST']._serialized_start=1044
-  _globals['_QUERYREQUEST']._serialized_end=1248
-  _globals['_QUERYRESPONSE']._serialized_start=1250
-  _globals['_QUERYRESPONSE']._serialized_end=1339
-  _globals['_VERIFYREQUEST']._serialized_start=1341
-  _globals['_VERIFYREQUEST']._serialized_end=1356
-  _globals['_VERIFYRESPONSE']._serialized_start=1358
-  _globals['_VERIFYRESPONSE']._serialized_end=1475
-  _globals['_AUDITSERVICE']._serialized_start=1478
-  _globals['_AUDITSERVICE']._serialized_end=1657
+  _globals['_CALLEVENT']._serialized_end=758
+  _globals['_CALLEVENTBATCH']._serialized_start=760
+  _globals['_CALLEVENTBATCH']._serialized_end=810
+  _globals['_AUDITPOLICY']._serialized_start=812
+  _globals['_AUDITPOLICY']._serialized_end=917
+  _globals['_AUDITRECORD']._serialized_start=920
+  _globals['_AUDITRECORD']._serialized_end=1057
+  _globals['_QUERYREQUEST']._serialized_start=1060
+  _globals['_QUERYREQUEST']._serialized_end=1264
+  _globals['_QUERYRESPONSE']._serialized_start=1266
+  _globals['_QUERYRESPONSE']._serialized_end=1355
+  _globals['_VERIFYREQUEST']._serialized_start=1357
+  _globals['_VERIFYREQUEST']._serialized_end=1372
+  _globals['_VERIFYRESPONSE']._serialized_start=1374
+  _globals['_VERIFYRESPONSE']._serialized_end=1491
+  _globals['_AUDITSERVICE']._serialized_start=1494
+  _globals['_AUDITSERVICE']._serialized_end=1673
 # @@protoc_insertion_point(module_scope)

@@ -95,6 +95,7 @@ class CallEvent(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     METHOD_FIELD_NUMBER: _builtins.int
     ROUTER_ID_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Unique id of this event (the JetStream message id, so redelivery cannot duplicate)."""
     request_id: _builtins.str
@@ -135,6 +136,8 @@ class CallEvent(_message.Message):
     """"ModelInfer" or "ModelStreamInfer"."""
     router_id: _builtins.str
     """The router that saw the call."""
+    shadow: _builtins.bool
+    """A mirrored call (traffic shadowing): its answer went to the audit trail only."""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorRecord]: ...
     @_builtins.property
@@ -165,10 +168,11 @@ class CallEvent(_message.Message):
         outputs: _abc.Iterable[Global___TensorRecord] | None = ...,
         method: _builtins.str = ...,
         router_id: _builtins.str = ...,
+        shadow: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_nanos", b"duration_nanos", "event_id", b"event_id", "input_bytes", b"input_bytes", "input_digest", b"input_digest", "inputs", b"inputs", "method", b"method", "model", b"model", "output_bytes", b"output_bytes", "output_digest", b"output_digest", "outputs", b"outputs", "parent_request_id", b"parent_request_id", "peer", b"peer", "principal", b"principal", "request_id", b"request_id", "requested_version", b"requested_version", "resolved_version", b"resolved_version", "router_id", b"router_id", "runtime_id", b"runtime_id", "runtime_kind", b"runtime_kind", "start_unix_nanos", b"start_unix_nanos", "status_code", b"status_code", "status_message", b"status_message", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_nanos", b"duration_nanos", "event_id", b"event_id", "input_bytes", b"input_bytes", "input_digest", b"input_digest", "inputs", b"inputs", "method", b"method", "model", b"model", "output_bytes", b"output_bytes", "output_digest", b"output_digest", "outputs", b"outputs", "parent_request_id", b"parent_request_id", "peer", b"peer", "principal", b"principal", "request_id", b"request_id", "requested_version", b"requested_version", "resolved_version", b"resolved_version", "router_id", b"router_id", "runtime_id", b"runtime_id", "runtime_kind", b"runtime_kind", "shadow", b"shadow", "start_unix_nanos", b"start_unix_nanos", "status_code", b"status_code", "status_message", b"status_message", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

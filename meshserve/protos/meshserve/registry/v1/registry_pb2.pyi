@@ -112,6 +112,109 @@ class Runtime(_message.Message):
 Global___Runtime: _TypeAlias = Runtime  # noqa: Y015
 
 @_typing.final
+class Route(_message.Message):
+    """How calls to one model choose a version, stored at /meshserve/v1/routes/<model>.
+    One key per model, so every change to it is atomic.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AliasesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    DEFAULT_VERSION_FIELD_NUMBER: _builtins.int
+    SPLITS_FIELD_NUMBER: _builtins.int
+    STICKY_HEADER_FIELD_NUMBER: _builtins.int
+    SHADOWS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    default_version: _builtins.str
+    """The version (or alias) of calls that name none; empty: the latest ready version.
+    Ignored while splits is set.
+    """
+    sticky_header: _builtins.str
+    """With splits: the request header (gRPC metadata key) whose value pins a caller to
+    one side of the split; empty: every call is drawn afresh.
+    """
+    updated_at_unix_ms: _builtins.int
+    @_builtins.property
+    def aliases(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Alias name -> version, e.g. "stable" -> "2". A caller may name an alias wherever
+        it names a version.
+        """
+
+    @_builtins.property
+    def splits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Split]:
+        """Calls that name no version are split between these by weight (weights sum to 100)."""
+
+    @_builtins.property
+    def shadows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Versions (or aliases) every ModelInfer is mirrored to; their answers are discarded
+        but audited.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        aliases: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        default_version: _builtins.str = ...,
+        splits: _abc.Iterable[Global___Split] | None = ...,
+        sticky_header: _builtins.str = ...,
+        shadows: _abc.Iterable[_builtins.str] | None = ...,
+        updated_at_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "default_version", b"default_version", "model", b"model", "shadows", b"shadows", "splits", b"splits", "sticky_header", b"sticky_header", "updated_at_unix_ms", b"updated_at_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
+class Split(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    version: _builtins.str
+    """A version or an alias."""
+    weight: _builtins.int
+    def __init__(
+        self,
+        *,
+        version: _builtins.str = ...,
+        weight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["version", b"version", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Split: _TypeAlias = Split  # noqa: Y015
+
+@_typing.final
 class Placement(_message.Message):
     """One model version on one runtime, stored at
     /meshserve/v1/placements/<model>/<version>/<runtime id> under the runtime's lease.

@@ -1,0 +1,65 @@
+"""Route logic without etcd: choosing a version, parsing splits, checking a new route."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+
+from meshserve.errors import InvalidArgument
+from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
+from meshserve.registry.cache import ModelView, Replica
+from meshserve.routes import check_route, parse_split
+from meshserve.services.router import routes
+
+REPLICA = (Replica("rt", "python", "127.0.0.1:1", ""),)
+VIEW = ModelView("m", {"1": REPLICA, "2": REPLICA}, ("1", "2", "3"), "2")
+
+
+def route(**fields: object) -> pb.Route:
+    return pb.Route(model="m", **fields)  # type: ignore[arg-type]
+
+
+def test_explicit_versions_win_over_aliases() -> None:
+    r = route(aliases={"stable": "1", "2": "1"})
+    assert routes.choose(r, VIEW, "stable", ()) == "1"
+    assert routes.choose(r, VIEW, "2", ()) == "2"
+    assert routes.choose(r, VIEW, "nosuch", ()) == "nosuch"
+    assert routes.choose(r, VIEW, "", ()) == ""  # no policy: the latest ready version
+
+
+def test_pinned_default_through_an_alias() -> None:
+    assert routes.choose(route(aliases={"stable": "1"}, default_version="stable"), VIEW, "", ()) == "1"
+
+
+def test_split_draws_by_weight_and_skips_sides_not_ready() -> None:
+    r = route(splits=[pb.Split(version="1", weight=80), pb.Split(version="2", weight=20)])
+    counts = collections.Counter(routes.choose(r, VIEW, "", ()) for _ in range(4000))
+    assert 0.75 < counts["1"] / 4000 < 0.85
+    r = route(splits=[pb.Split(version="3", weight=90), pb.Split(version="2", weight=10)])
+    assert {routes.choose(r, VIEW, "", ()) for _ in range(50)} == {"2"}  # 3 is not ready
+
+
+def test_sticky_header_is_stable_per_value() -> None:
+    r = route(splits=[pb.Split(version="1", weight=50), pb.Split(version="2", weight=50)], sticky_header="x-user")
+    for user in ("a", "b", "c"):
+        assert len({routes.choose(r, VIEW, "", (("x-user", user),)) for _ in range(20)}) == 1
+
+
+def test_parse_split() -> None:
+    assert parse_split("1=90, 2=10") == [("1", 90), ("2", 10)]
+    for bad, words in (("1=90,2=20", "sum to 110"), ("1:90", "VERSION=WEIGHT"), ("1=50,1=50", "twice"),
+                       ("../x=100", "invalid model version")):
+        with pytest.raises(InvalidArgument, match=words):
+            parse_split(bad)
+
+
+def test_check_route_only_checks_what_changes() -> None:
+    placements = [pb.Placement(model="m", version="1", state=pb.MODEL_STATE_READY),
+                  pb.Placement(model="m", version="2", state=pb.MODEL_STATE_FAILED)]
+    assert check_route(route(aliases={"stable": "1"}), placements) == []
+    assert "version 2 is not ready" in check_route(route(aliases={"canary": "2"}), placements)[0]
+    assert "no such version" in check_route(route(shadows=["9"]), placements)[0]
+    assert "is also a version" in check_route(route(aliases={"1": "1"}), placements)[0]
+    old = route(aliases={"canary": "2"})
+    assert check_route(route(aliases={"canary": "2", "stable": "1"}), placements, old) == []
