@@ -78,4 +78,5 @@ bench: venv examples bench-deps
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/r_runtime.py
 	$(BIN)/python bench/triton.py
+	$(BIN)/python bench/pipeline.py
 	$(BIN)/python -m meshserve.services.audit.bench --events 50000

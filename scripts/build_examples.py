@@ -8,7 +8,7 @@ skops to examples/models/iris/1/model.skops (the manifest beside it is committed
 iris-onnx: the same pipeline exported to ONNX with skl2onnx, for Triton, to
 examples/triton/iris-onnx/1/model.onnx (config.pbtxt and model.py are committed).
 
-mtcars, iris-rf, mtcars-am: R models (lm, randomForest, a glm behind a load/predict
+mtcars, iris-rf, mtcars-am, sentiment-glm: R models (lm, randomForest, glms, one behind a load/predict
 script) built by scripts/build_r_examples.R with Rscript, when R is installed.
 """
 
@@ -84,7 +84,7 @@ def build_r_models() -> None:
                           capture_output=True, text=True, check=False, timeout=300)
     if done.returncode != 0:
         raise SystemExit(f"building the R example models failed:\n{done.stderr[-2000:]}")
-    log.info("built the R example models (mtcars, iris-rf, mtcars-am)")
+    log.info("built the R example models (mtcars, iris-rf, mtcars-am, sentiment-glm)")
 
 
 def main() -> None:

@@ -73,3 +73,16 @@ save_text(manifest("Manual gearbox from weight and horsepower: a glm behind an R
                    "model.R", c(tensor("wt", "FP64"), tensor("hp", "FP64")),
                    c(tensor("probability", "FP64"), tensor("manual", "BOOL")), "as: data.frame"),
           file.path(dir, "manifest.yaml"))
+
+# sentiment-glm: the R step of the example pipeline. A logistic regression of "the text is
+# positive" on its counts of positive and negative words, fitted on simulated reviews
+# (seed 7), so the example needs no data set from outside.
+set.seed(7)
+reviews <- data.frame(pos = rpois(400, 2), neg = rpois(400, 2))
+reviews$positive <- rbinom(400, 1, plogis(1.5 * (reviews$pos - reviews$neg)))
+dir <- file.path(out, "sentiment-glm", "1")
+save_rds(glm(positive ~ pos + neg, family = binomial, data = reviews), file.path(dir, "model.rds"))
+save_text(manifest("Probability that a text is positive, from its positive and negative word counts (glm).",
+                   "model.rds", c(tensor("pos", "FP64"), tensor("neg", "FP64")), tensor("prob", "FP64"),
+                   c("as: data.frame", "type: response")),
+          file.path(dir, "manifest.yaml"))

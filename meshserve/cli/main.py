@@ -9,6 +9,7 @@
     meshserve audit query --model iris  # the audit trail (also: tail, verify, export)
     meshserve alias set iris stable 2   # named versions
     meshserve route set iris --split 1=90,2=10 --shadow 3  # traffic policy
+    meshserve pipeline apply examples/pipelines/sentiment.yaml
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import typer
 
 from meshserve.cli.audit import audit_app
 from meshserve.cli.infer import infer
+from meshserve.cli.pipelines import pipeline_app
 from meshserve.cli.registry import models, runtimes
 from meshserve.cli.routes import alias_app, route_app
 from meshserve.cli.services import PASS_THROUGH, router, runtime_app
@@ -38,6 +40,7 @@ app.add_typer(runtime_app, name="runtime")
 app.add_typer(audit_app, name="audit")
 app.add_typer(alias_app, name="alias")
 app.add_typer(route_app, name="route")
+app.add_typer(pipeline_app, name="pipeline")
 
 
 if __name__ == "__main__":

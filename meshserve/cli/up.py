@@ -25,6 +25,7 @@ from meshserve.local.process import tail
 REPO_ROOT = Path(meshserve.__file__).resolve().parent.parent
 EXAMPLE_MODELS = REPO_ROOT / "examples" / "models"
 EXAMPLE_TRITON_MODELS = REPO_ROOT / "examples" / "triton"
+EXAMPLE_PIPELINES = REPO_ROOT / "examples" / "pipelines"
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build_examples.py"
 
 IRIS_REQUEST = {
@@ -62,6 +63,13 @@ def ensure_examples(repository: Path) -> None:
     for line in (done.stdout + done.stderr).splitlines():
         if line.startswith("built "):
             console.print(f"[green]✓[/] {line}")
+
+
+def _example_pipelines(repository: Path) -> list[Path]:
+    """The example pipelines, when serving the example models."""
+    if repository.resolve() != EXAMPLE_MODELS.resolve():
+        return []
+    return sorted(EXAMPLE_PIPELINES.glob("*.yaml"))
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -107,6 +115,9 @@ def up(
                                   envvar="MESHSERVE_TRITON_REPOSITORY")
     ] = EXAMPLE_TRITON_MODELS,
     triton: Annotated[bool, typer.Option(help="run NVIDIA Triton (when installed) and its registrar")] = True,
+    pipeline: Annotated[
+        list[Path] | None, typer.Option(help="pipeline file to apply once up (repeatable; default: the examples)")
+    ] = None,
     router_port: Annotated[int, typer.Option(help="router port (0: any free port)")] = DEFAULT_ROUTER_PORT,
     etcd_port: Annotated[
         int | None, typer.Option(help="etcd client port (default 2379 when free, else any free port)")
@@ -141,6 +152,7 @@ def up(
         model_repository=model_repository, host=host, router_port=router_port, etcd_port=etcd_port,
         runtime_port=runtime_port, data_dir=data_dir, log_level=log_level, audit_port=audit_port,
         nats_port=nats_port, audit=audit, triton_repository=triton_repository if triton else None,
+        pipelines=tuple(pipeline if pipeline is not None else _example_pipelines(model_repository)),
     ))
     pids: dict[str, int] = {}
     exit_code = 0

@@ -11,15 +11,19 @@ an announce file), and stopped by PID in reverse order, also when a start fails 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from meshserve import pipelines
+from meshserve.errors import MeshError
 from meshserve.local import triton
 from meshserve.local.etcd import EtcdServer
 from meshserve.local.nats import NatsServer
@@ -61,6 +65,9 @@ class MeshConfig:
     # Run NVIDIA Triton on this model repository (Triton's own layout), with its registrar,
     # when the tritonserver binary is installed. None: no Triton.
     triton_repository: Path | None = None
+    # Pipeline files applied once every runtime is up (those whose models are missing are
+    # skipped with a warning).
+    pipelines: tuple[Path, ...] = ()
     # Where the audit service stores the trail; default: SQLite in the data directory.
     audit_database: str | None = None
     # None: a temporary directory, removed on stop. Otherwise kept.
@@ -141,6 +148,8 @@ class LocalMesh:
         elif self.config.triton_repository is not None:
             log.warning("no Triton: the tritonserver binary or Debian's python3-numpy is missing (%s)",
                         triton.INSTALL_HINT)
+        if self.config.pipelines:
+            steps.append(Step("pipelines", self._apply_pipelines))
         return steps
 
     def start(self) -> None:
@@ -245,6 +254,25 @@ class LocalMesh:
             "--etcd-endpoint", self.etcd_endpoint, "--triton-address", self.triton.address,
         ])
         return self.triton.address
+
+    def _apply_pipelines(self) -> str:
+        """Apply each pipeline file once its step models are ready (give up on one after 15 s)."""
+        applied = []
+        for path in self.config.pipelines:
+            pipeline = pipelines.load(path)
+            # The runtimes announce themselves with their models loaded: a short wait suffices.
+            deadline = time.monotonic() + min(self.config.start_timeout_s, 15.0)
+            while True:
+                try:
+                    asyncio.run(pipelines.apply(pipeline, router=self.router_address, etcd=self.etcd_endpoint))
+                    applied.append(pipeline.name)
+                    break
+                except MeshError as e:
+                    if time.monotonic() > deadline:
+                        log.warning("pipeline %s not applied: %s", path, e.message)
+                        break
+                    time.sleep(0.2)
+        return ", ".join(applied) or "none"
 
     # -- stop ------------------------------------------------------------------
 

@@ -64,10 +64,13 @@ class RegistryCache:
         self.audit_policies: dict[str, audit_pb2.AuditPolicy] = {}
         # How each model's calls choose a version (aliases, default, splits, shadows).
         self.routes: dict[str, pb.Route] = {}
+        # Pipelines, which callers call as models.
+        self.pipelines: dict[str, pb.Pipeline] = {}
         # Records kept one per model: (key parser, where they go, their message type).
         self._model_records: tuple[tuple[Callable[[bytes], str | None], dict[str, Any], Any], ...] = (
             (keys.parse_audit_policy_key, self.audit_policies, audit_pb2.AuditPolicy),
             (keys.parse_route_key, self.routes, pb.Route),
+            (keys.parse_pipeline_key, self.pipelines, pb.Pipeline),
         )
         # Models whose last placement left (a runtime died or stopped), with when: callers
         # get UNAVAILABLE (try again) for them rather than NOT_FOUND.

@@ -7,6 +7,7 @@ RUNTIMES = ROOT + "runtimes/"
 PLACEMENTS = ROOT + "placements/"
 AUDIT_POLICIES = ROOT + "audit-policies/"
 ROUTES = ROOT + "routes/"
+PIPELINES = ROOT + "pipelines/"
 
 
 def runtime_key(runtime_id: str) -> bytes:
@@ -51,3 +52,12 @@ def route_key(model: str) -> bytes:
 def parse_route_key(key: bytes) -> str | None:
     text = _text(key)
     return text[len(ROUTES):] if text.startswith(ROUTES) else None
+
+
+def pipeline_key(name: str) -> bytes:
+    return (PIPELINES + name).encode()
+
+
+def parse_pipeline_key(key: bytes) -> str | None:
+    text = _text(key)
+    return text[len(PIPELINES):] if text.startswith(PIPELINES) else None

@@ -40,7 +40,8 @@ _NO_POLICY = audit_pb2.AuditPolicy()
 class Call:
     """What the router learns about one call while routing it."""
 
-    __slots__ = ("method", "model", "replica", "requested_version", "resolved_version", "shadow", "start_ns")
+    __slots__ = ("method", "model", "parent_request_id", "replica", "request_id", "requested_version",
+                 "resolved_version", "shadow", "start_ns")
 
     def __init__(self, method: str) -> None:
         self.method = method
@@ -50,6 +51,8 @@ class Call:
         self.resolved_version = ""
         self.replica: Replica | None = None
         self.shadow = False  # a mirrored call whose answer only the audit trail sees
+        self.request_id = ""  # set by the router when it gave the call an id (a pipeline)
+        self.parent_request_id = ""  # a pipeline step: the pipeline call's request id
 
 
 def _metadata_value(metadata: Metadata, key: str) -> str:
@@ -187,9 +190,12 @@ class CallAudit:
                 outputs = response_tensors(self._infer_response(call, response, event))
                 event.output_digest = side_digest(outputs)
                 event.outputs.extend(self._records(outputs, policy, ()))
-        event.request_id = event.request_id or _metadata_value(metadata, "x-request-id") or event.event_id
+        event.request_id = (call.request_id or event.request_id or _metadata_value(metadata, "x-request-id")
+                            or event.event_id)
         if call.shadow:  # the mirrored request is the caller's: link the shadow to it
             event.parent_request_id = event.request_id
+        elif call.parent_request_id:
+            event.parent_request_id = call.parent_request_id
         return event
 
     @staticmethod

@@ -18,12 +18,11 @@ from meshserve.errors import MeshError, error_for
 from meshserve.protos.inference import grpc_service_pb2 as oip
 
 from .audit import Call, CallAudit, Metadata
+from .pipelines import Forward, PipelineRunner
 from .replicas import Connection, ConnectionPool
 from .resolve import Resolver
 from .streams import Awaiting
 from .wire import string_field, string_fields
-
-Forward = Callable[[Call, bytes, Callable[[], "float | None"], Metadata], Coroutine[Any, Any, bytes]]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ class Forwarder:
         over gRPC. ``audited`` calls become call events (when the router audits);
         ``mirrored`` calls are also sent to the model's shadow versions, if it has any.
         """
-        forward = self._forwarding(method, name_field, version_field, link_method)
+        forward = self._forwarding(method, name_field, version_field, link_method, pipelines=mirrored)
         audit = self.audit
         shadows = self.resolver.shadows if mirrored else None
         mirror = functools.partial(self._mirror, forward, version_field)
@@ -135,7 +134,8 @@ class Forwarder:
         else:
             self.audit.record(call, request, response, _OK, "", peer, metadata)
 
-    def _forwarding(self, method: str, name_field: int, version_field: int, link_method: int) -> Forward:
+    def _forwarding(self, method: str, name_field: int, version_field: int, link_method: int,
+                    pipelines: bool = False) -> Forward:
         """The forwarding itself: the response bytes, or a MeshError saying why not.
 
         A replica that is UNAVAILABLE is avoided for a while and, when the model has
@@ -146,11 +146,14 @@ class Forwarder:
         precheck = self.audit.precheck
         eject_s = self.eject_s
         routed = self.resolver.cache.routes
+        pipes = self.resolver.cache.pipelines if pipelines else {}
 
         async def forward(call: Call, request: bytes, time_remaining: Callable[[], float | None],
                           metadata: Metadata) -> bytes:
             call.model, call.requested_version = name, version = string_fields(request, name_field, version_field)
             precheck(name)
+            if name in pipes and not call.parent_request_id:  # a step never runs a pipeline
+                return await runner.run(call, request, time_remaining, metadata)
             call.resolved_version, replicas = resolve(name, version, metadata)
             if call.resolved_version != version and (version or name in routed):
                 # An alias or a route chose the version: the runtime must serve that one.
@@ -182,6 +185,7 @@ class Forwarder:
                 raise error_for(code, details)
             raise AssertionError("unreachable")
 
+        runner = PipelineRunner(forward, self.audit, pipes)
         return forward
 
     async def stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:

@@ -31,6 +31,17 @@ _OIP_STATE = {
 }
 
 
+def pipeline_metadata(pipeline: pb.Pipeline) -> oip.ModelMetadataResponse:
+    """A pipeline described as a model: its inputs, and its outputs as the steps produce them."""
+    return oip.ModelMetadataResponse(
+        name=pipeline.name, platform="meshserve-pipeline",
+        inputs=[oip.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape)
+                for t in pipeline.inputs],
+        outputs=[oip.ModelMetadataResponse.TensorMetadata(name=o.name, datatype=o.datatype, shape=o.shape)
+                 for o in pipeline.outputs],
+    )
+
+
 class MeshServicer:
     """ServerLive/Ready/Metadata, ModelReady, ModelMetadata, RepositoryIndex/Load/Unload."""
 
@@ -58,6 +69,9 @@ class MeshServicer:
 
     @grpc_errors
     async def model_ready(self, request: oip.ModelReadyRequest, context: Context) -> oip.ModelReadyResponse:
+        pipeline = self.cache.pipelines.get(request.name)
+        if pipeline is not None:
+            return oip.ModelReadyResponse(ready=not self._pipeline_blockers(pipeline))
         try:
             self.resolver.resolve(request.name, request.version)
         except (NotFound, Unavailable):
@@ -68,6 +82,9 @@ class MeshServicer:
     async def model_metadata(self, request: bytes, context: Context) -> bytes:
         """Forwarded to a replica; the versions list is the whole mesh's."""
         name, version = string_fields(request, 1, 2)
+        pipeline = self.cache.pipelines.get(name)
+        if pipeline is not None:
+            return pipeline_metadata(pipeline).SerializeToString()
         resolved, replicas = self.resolver.resolve(name, version)
         if version and resolved != version:  # an alias: ask for the version it stands for
             request += string_field(2, resolved)
@@ -102,7 +119,25 @@ class MeshServicer:
             if failed is not None:
                 reason += f" failed on {failed.runtime_id}: {failed.reason}"
             response.models.add(name=model, version=version, state=_OIP_STATE[best.state], reason=reason)
+        for name, pipeline in sorted(self.cache.pipelines.items()):
+            blockers = self._pipeline_blockers(pipeline)
+            if request.ready and blockers:
+                continue
+            reason = "pipeline: " + ", ".join(f"{s.name}={s.model}" for s in pipeline.steps)
+            if blockers:
+                reason += f"; not ready: {', '.join(blockers)}"
+            response.models.add(name=name, state="UNAVAILABLE" if blockers else "READY", reason=reason)
         return response
+
+    def _pipeline_blockers(self, pipeline: pb.Pipeline) -> list[str]:
+        """The steps whose model cannot be called now."""
+        blockers = []
+        for step in pipeline.steps:
+            try:
+                self.resolver.resolve(step.model, step.version)
+            except (NotFound, Unavailable, InvalidArgument):
+                blockers.append(step.name)
+        return blockers
 
     @grpc_errors
     async def repository_model_load(self, request: bytes, context: Context) -> bytes:

@@ -53,7 +53,7 @@ def run_rscript(script: str, *args: str, folder: Path) -> None:
 
 
 def build_examples(out: Path) -> Path:
-    """scripts/build_r_examples.R built into ``out`` (mtcars, iris-rf, mtcars-am)."""
+    """scripts/build_r_examples.R built into ``out`` (mtcars, iris-rf, mtcars-am, sentiment-glm)."""
     assert RSCRIPT is not None
     done = subprocess.run([RSCRIPT, str(ROOT / "scripts" / "build_r_examples.R"), str(out)],
                           capture_output=True, text=True, timeout=120, check=False)

@@ -22,7 +22,7 @@ from .helpers import R_MARKS, infer, list_runtimes, placements, r_runtime_proces
 pytestmark = R_MARKS
 
 CARS = {"wt": np.array([2.62]), "hp": np.array([110.0])}
-EXAMPLE_MODELS = ("mtcars/1", "iris-rf/1", "mtcars-am/1", "mtcars-bytes/1", "mtcars-cyl/1")
+EXAMPLE_MODELS = ("mtcars/1", "iris-rf/1", "mtcars-am/1", "sentiment-glm/1", "mtcars-bytes/1", "mtcars-cyl/1")
 
 
 def solo_repository(r_repository: Path, folder: Path, name: str) -> Path:

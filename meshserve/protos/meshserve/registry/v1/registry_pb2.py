@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _POOL.AddSerializedFile(b'\n$meshserve/registry/v1/registry.proto\x12\x15meshserve.registry.v1\"\xe2\x01\n\x07Runtime\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x1a\n\x12started_at_unix_ms\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\t\x12:\n\x06labels\x18\x06 \x03(\x0b\x32*.meshserve.registry.v1.Runtime.LabelsEntry\x12\x14\n\x0clink_address\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x02\n\x05Route\x12\r\n\x05model\x18\x01 \x01(\t\x12:\n\x07\x61liases\x18\x02 \x03(\x0b\x32).meshserve.registry.v1.Route.AliasesEntry\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x03 \x01(\t\x12,\n\x06splits\x18\x04 \x03(\x0b\x32\x1c.meshserve.registry.v1.Split\x12\x15\n\rsticky_header\x18\x05 \x01(\t\x12\x0f\n\x07shadows\x18\x06 \x03(\t\x12\x1a\n\x12updated_at_unix_ms\x18\x07 \x01(\x03\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"(\n\x05Split\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r\"\xff\x01\n\tPlacement\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nruntime_id\x18\x03 \x01(\t\x12\x14\n\x0cruntime_kind\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x30\n\x05state\x18\x06 \x01(\x0e\x32!.meshserve.registry.v1.ModelState\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x10\n\x08platform\x18\x08 \x01(\t\x12\x1a\n\x12updated_at_unix_ms\x18\t \x01(\x03\x12\x14\n\x0clink_address\x18\n \x01(\t\x12\x11\n\tdecoupled\x18\x0b \x01(\x08\"\x15\n\x13ListRuntimesRequest\"\xab\x01\n\x14ListRuntimesResponse\x12\x43\n\x08runtimes\x18\x01 \x03(\x0b\x32\x31.meshserve.registry.v1.ListRuntimesResponse.Entry\x1aN\n\x05\x45ntry\x12/\n\x07runtime\x18\x01 \x01(\x0b\x32\x1e.meshserve.registry.v1.Runtime\x12\x14\n\x0cready_models\x18\x02 \x01(\x05\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"J\n\x12ListModelsResponse\x12\x34\n\nplacements\x18\x01 \x03(\x0b\x32 .meshserve.registry.v1.Placement*\xa7\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x12\x16\n\x12MODEL_STATE_FAILED\x10\x05\x32\xe1\x01\n\x0fRegistryService\x12i\n\x0cListRuntimes\x12*.meshserve.registry.v1.ListRuntimesRequest\x1a+.meshserve.registry.v1.ListRuntimesResponse\"\x00\x12\x63\n\nListModels\x12(.meshserve.registry.v1.ListModelsRequest\x1a).meshserve.registry.v1.ListModelsResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _POOL.AddSerializedFile(b'\n$meshserve/registry/v1/registry.proto\x12\x15meshserve.registry.v1\"\xe2\x01\n\x07Runtime\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x1a\n\x12started_at_unix_ms\x18\x04 \x01(\x03\x12\x0f\n\x07version\x18\x05 \x01(\t\x12:\n\x06labels\x18\x06 \x03(\x0b\x32*.meshserve.registry.v1.Runtime.LabelsEntry\x12\x14\n\x0clink_address\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8d\x02\n\x05Route\x12\r\n\x05model\x18\x01 \x01(\t\x12:\n\x07\x61liases\x18\x02 \x03(\x0b\x32).meshserve.registry.v1.Route.AliasesEntry\x12\x17\n\x0f\x64\x65\x66\x61ult_version\x18\x03 \x01(\t\x12,\n\x06splits\x18\x04 \x03(\x0b\x32\x1c.meshserve.registry.v1.Split\x12\x15\n\rsticky_header\x18\x05 \x01(\t\x12\x0f\n\x07shadows\x18\x06 \x03(\t\x12\x1a\n\x12updated_at_unix_ms\x18\x07 \x01(\x03\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"(\n\x05Split\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r\"\xec\x01\n\x08Pipeline\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x35\n\x06inputs\x18\x03 \x03(\x0b\x32%.meshserve.registry.v1.PipelineTensor\x12\x32\n\x05steps\x18\x04 \x03(\x0b\x32#.meshserve.registry.v1.PipelineStep\x12\x36\n\x07outputs\x18\x05 \x03(\x0b\x32%.meshserve.registry.v1.PipelineOutput\x12\x1a\n\x12updated_at_unix_ms\x18\x06 \x01(\x03\"?\n\x0ePipelineTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xac\x01\n\x0cPipelineStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12?\n\x06inputs\x18\x04 \x03(\x0b\x32/.meshserve.registry.v1.PipelineStep.InputsEntry\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x0ePipelineOutput\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x03 \x01(\t\x12\r\n\x05shape\x18\x04 \x03(\x03\"\xff\x01\n\tPlacement\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nruntime_id\x18\x03 \x01(\t\x12\x14\n\x0cruntime_kind\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x30\n\x05state\x18\x06 \x01(\x0e\x32!.meshserve.registry.v1.ModelState\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x10\n\x08platform\x18\x08 \x01(\t\x12\x1a\n\x12updated_at_unix_ms\x18\t \x01(\x03\x12\x14\n\x0clink_address\x18\n \x01(\t\x12\x11\n\tdecoupled\x18\x0b \x01(\x08\"\x15\n\x13ListRuntimesRequest\"\xab\x01\n\x14ListRuntimesResponse\x12\x43\n\x08runtimes\x18\x01 \x03(\x0b\x32\x31.meshserve.registry.v1.ListRuntimesResponse.Entry\x1aN\n\x05\x45ntry\x12/\n\x07runtime\x18\x01 \x01(\x0b\x32\x1e.meshserve.registry.v1.Runtime\x12\x14\n\x0cready_models\x18\x02 \x01(\x05\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"J\n\x12ListModelsResponse\x12\x34\n\nplacements\x18\x01 \x03(\x0b\x32 .meshserve.registry.v1.Placement*\xa7\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x15\n\x11MODEL_STATE_READY\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x12\x16\n\x12MODEL_STATE_FAILED\x10\x05\x32\xe1\x01\n\x0fRegistryService\x12i\n\x0cListRuntimes\x12*.meshserve.registry.v1.ListRuntimesRequest\x1a+.meshserve.registry.v1.ListRuntimesResponse\"\x00\x12\x63\n\nListModels\x12(.meshserve.registry.v1.ListModelsRequest\x1a).meshserve.registry.v1.ListModelsResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNTIME_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_ROUTE_ALIASESENTRY']._loaded_options = None
   _globals['_ROUTE_ALIASESENTRY']._serialized_options = b'8\001'
-  _globals['_MODELSTATE']._serialized_start=1173
-  _globals['_MODELSTATE']._serialized_end=1340
+  _globals['_PIPELINESTEP_INPUTSENTRY']._loaded_options = None
+  _globals['_PIPELINESTEP_INPUTSENTRY']._serialized_options = b'8\001'
+  _globals['_MODELSTATE']._serialized_start=1733
+  _globals['_MODELSTATE']._serialized_end=1900
   _globals['_RUNTIME']._serialized_start=64
   _globals['_RUNTIME']._serialized_end=290
   _globals['_RUNTIME_LABELSENTRY']._serialized_start=245
@@ -47,18 +49,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTE_ALIASESENTRY']._serialized_end=562
   _globals['_SPLIT']._serialized_start=564
   _globals['_SPLIT']._serialized_end=604
-  _globals['_PLACEMENT']._serialized_start=607
-  _globals['_PLACEMENT']._serialized_end=862
-  _globals['_LISTRUNTIMESREQUEST']._serialized_start=864
-  _globals['_LISTRUNTIMESREQUEST']._serialized_end=885
-  _globals['_LISTRUNTIMESRESPONSE']._serialized_start=888
-  _globals['_LISTRUNTIMESRESPONSE']._serialized_end=1059
-  _globals['_LISTRUNTIMESRESPONSE_ENTRY']._serialized_start=981
-  _globals['_LISTRUNTIMESRESPONSE_ENTRY']._serialized_end=1059
-  _globals['_LISTMODELSREQUEST']._serialized_start=1061
-  _globals['_LISTMODELSREQUEST']._serialized_end=1094
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1096
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1170
-  _globals['_REGISTRYSERVICE']._serialized_start=1343
-  _globals['_REGISTRYSERVICE']._serialized_end=1568
+  _globals['_PIPELINE']._serialized_start=607
+  _globals['_PIPELINE']._serialized_end=843
+  _globals['_PIPELINETENSOR']._serialized_start=845
+  _globals['_PIPELINETENSOR']._serialized_end=908
+  _globals['_PIPELINESTEP']._serialized_start=911
+  _globals['_PIPELINESTEP']._serialized_end=1083
+  _globals['_PIPELINESTEP_INPUTSENTRY']._serialized_start=1038
+  _globals['_PIPELINESTEP_INPUTSENTRY']._serialized_end=1083
+  _globals['_PIPELINEOUTPUT']._serialized_start=1085
+  _globals['_PIPELINEOUTPUT']._serialized_end=1164
+  _globals['_PLACEMENT']._serialized_start=1167
+  _globals['_PLACEMENT']._serialized_end=1422
+  _globals['_LISTRUNTIMESREQUEST']._serialized_start=1424
+  _globals['_LISTRUNTIMESREQUEST']._serialized_end=1445
+  _globals['_LISTRUNTIMESRESPONSE']._serialized_start=1448
+  _globals['_LISTRUNTIMESRESPONSE']._serialized_end=1619
+  _globals['_LISTRUNTIMESRESPONSE_ENTRY']._serialized_start=1541
+  _globals['_LISTRUNTIMESRESPONSE_ENTRY']._serialized_end=1619
+  _globals['_LISTMODELSREQUEST']._serialized_start=1621
+  _globals['_LISTMODELSREQUEST']._serialized_end=1654
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1656
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1730
+  _globals['_REGISTRYSERVICE']._serialized_start=1903
+  _globals['_REGISTRYSERVICE']._serialized_end=2128
 # @@protoc_insertion_point(module_scope)
