@@ -21,7 +21,7 @@ def models(
     with channel(router) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
         response = stub.ListModels(registry_pb2.ListModelsRequest(name=name), timeout=timeout)
-    console.print(models_table(response.placements))
+    console.print(models_table(response.placements, response.pipelines))
 
 
 @cli_errors

@@ -33,8 +33,9 @@ def _age(unix_ms: int, now_s: float) -> str:
     return f"{seconds // 3600}h"
 
 
-def models_table(placements: Iterable[registry_pb2.Placement]) -> Table:
-    """One row per model: its versions, runtime kinds, ready replicas and states."""
+def models_table(placements: Iterable[registry_pb2.Placement],
+                 pipelines: Iterable[registry_pb2.Pipeline] = ()) -> Table:
+    """One row per model (its versions, runtime kinds, ready replicas and states), then per pipeline."""
     by_model: dict[str, list[registry_pb2.Placement]] = defaultdict(list)
     for p in placements:
         by_model[p.model].append(p)
@@ -51,6 +52,9 @@ def models_table(placements: Iterable[registry_pb2.Placement]) -> Table:
         reasons = sorted({_first_line(p.reason) for p in entries if p.reason})
         table.add_row(model, ", ".join(versions), ", ".join(kinds) or "-", str(len(ready)), state,
                       "; ".join(reasons) or "-")
+    for pipeline in sorted(pipelines, key=lambda x: x.name):
+        table.add_row(pipeline.name, "-", "pipeline", "-", "pipeline",
+                      "steps: " + ", ".join(f"{s.name}={s.model}" for s in pipeline.steps))
     return table
 
 

@@ -272,7 +272,7 @@ class LocalMesh:
                         log.warning("pipeline %s not applied: %s", path, e.message)
                         break
                     time.sleep(0.2)
-        return ", ".join(applied) or "none"
+        return f"the router ({', '.join(applied) or 'none applied'})"
 
     # -- stop ------------------------------------------------------------------
 

@@ -26,7 +26,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     @grpc_errors
     async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(placements=[
-            p for key, p in sorted(self.cache.placements.items())
-            if not request.name or key[0] == request.name
-        ])
+        return pb.ListModelsResponse(
+            placements=[p for key, p in sorted(self.cache.placements.items())
+                        if not request.name or key[0] == request.name],
+            pipelines=[p for name, p in sorted(self.cache.pipelines.items())
+                       if not request.name or name == request.name],
+        )

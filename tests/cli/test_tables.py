@@ -124,3 +124,10 @@ def test_grpcurl_command_is_one_shell_line() -> None:
     assert "\n" not in command
     assert command.endswith("127.0.0.1:8001 inference.GRPCInferenceService/ModelInfer")
     assert "fp32_contents" in command
+
+
+def test_models_table_lists_pipelines_after_the_models() -> None:
+    pipeline = reg.Pipeline(name="sentiment", steps=[reg.PipelineStep(name="f", model="text-features"),
+                                                     reg.PipelineStep(name="s", model="sentiment-glm")])
+    assert rows(models_table([placement("iris", "1", "a")], [pipeline]))[-1] == [
+        "sentiment", "-", "pipeline", "-", "pipeline", "steps: f=text-features, s=sentiment-glm"]
