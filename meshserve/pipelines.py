@@ -40,7 +40,7 @@ from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.inference.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
-from meshserve.registry.etcd import connect
+from meshserve.registry.etcd import connect, read_records
 
 INPUTS = "inputs"
 MAX_STEPS = 64
@@ -199,7 +199,7 @@ async def apply(pipeline: pb.Pipeline, *, router: str, etcd: str, timeout_s: flo
     """
     client = await connect(etcd, wait=3)
     try:
-        stored = {keys.parse_pipeline_key(kv.key) for kv in await client.get_prefix(keys.PIPELINES.encode())}
+        stored = await read_records(client, keys.PIPELINES, keys.parse_pipeline_key, pb.Pipeline)
         async with grpc.aio.insecure_channel(router) as channel:
             stub = GRPCInferenceServiceStub(channel)
             index = await stub.RepositoryIndex(oip.RepositoryIndexRequest(), timeout=timeout_s)
@@ -210,7 +210,7 @@ async def apply(pipeline: pb.Pipeline, *, router: str, etcd: str, timeout_s: flo
                         oip.ModelMetadataRequest(name=step.model, version=step.version), timeout=timeout_s)
                 except grpc.aio.AioRpcError as e:
                     metadata[step.name] = f"{e.code().name}: {e.details()}"
-        pipelines = {name for name in stored if name}
+        pipelines = set(stored)
         models = {m.name for m in index.models} - pipelines
         problems = check(pipeline, metadata, models, pipelines)
         if problems:

@@ -20,6 +20,7 @@ from meshserve.errors import FailedPrecondition, InvalidArgument, NotFound
 from meshserve.names import check_model_name, check_version, version_sort_key
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
+from meshserve.registry.etcd import read_records
 
 CAS_ATTEMPTS = 5
 
@@ -91,12 +92,7 @@ async def read_route(client: aetcd.Client, model: str) -> tuple[pb.Route, int]:
 
 
 async def read_routes(client: aetcd.Client) -> dict[str, pb.Route]:
-    routes = {}
-    for kv in await client.get_prefix(keys.ROUTES.encode()):
-        model = keys.parse_route_key(kv.key)
-        if model:
-            routes[model] = pb.Route.FromString(kv.value)
-    return routes
+    return await read_records(client, keys.ROUTES, keys.parse_route_key, pb.Route)
 
 
 async def placements_of(client: aetcd.Client, model: str) -> list[pb.Placement]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
+import aetcd
 import typer
 from google.protobuf import json_format
 from rich.table import Table
@@ -13,38 +13,28 @@ from meshserve.cli.common import DEFAULT_ETCD, EtcdOption, cli_errors, console
 from meshserve.names import check_model_name
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 from meshserve.registry import keys
-from meshserve.registry.etcd import connect
+from meshserve.registry.etcd import read_records, with_etcd
 
 policy_app = typer.Typer(help="Per-model audit policy: payload capture, redaction, strict mode.",
                          no_args_is_help=True)
 
 
 
-async def _read(etcd: str, model: str) -> dict[str, audit_pb2.AuditPolicy]:
-    client = await connect(etcd, wait=3)
-    try:
-        if model:
-            found = await client.get(keys.audit_policy_key(model))
-            return {model: audit_pb2.AuditPolicy.FromString(found.value)} if found else {}
-        policies = {}
-        for kv in await client.get_prefix(keys.AUDIT_POLICIES.encode()):
-            name = keys.parse_audit_policy_key(kv.key)
-            if name:
-                policies[name] = audit_pb2.AuditPolicy.FromString(kv.value)
-        return policies
-    finally:
-        await client.close()
+def _read(etcd: str, model: str) -> dict[str, audit_pb2.AuditPolicy]:
+    async def read(client: aetcd.Client) -> dict[str, audit_pb2.AuditPolicy]:
+        policies = await read_records(client, keys.AUDIT_POLICIES, keys.parse_audit_policy_key,
+                                      audit_pb2.AuditPolicy)
+        return {m: p for m, p in policies.items() if not model or m == model}
+    return with_etcd(etcd, read)
 
 
-async def _write(etcd: str, model: str, policy: audit_pb2.AuditPolicy | None) -> None:
-    client = await connect(etcd, wait=3)
-    try:
+def _write(etcd: str, model: str, policy: audit_pb2.AuditPolicy | None) -> None:
+    async def write(client: aetcd.Client) -> None:
         if policy is None:
             await client.delete(keys.audit_policy_key(model))
         else:
             await client.put(keys.audit_policy_key(model), policy.SerializeToString())
-    finally:
-        await client.close()
+    with_etcd(etcd, write)
 
 
 def _table(policies: dict[str, audit_pb2.AuditPolicy]) -> Table:
@@ -71,7 +61,7 @@ def set_policy(
     check_model_name(model)
     policy = audit_pb2.AuditPolicy(capture_payloads=capture, max_payload_bytes=max_payload_bytes,
                                    redact_inputs=redact or [], strict=strict)
-    asyncio.run(_write(etcd, model, policy))
+    _write(etcd, model, policy)
     console.print(_table({model: policy}))
 
 
@@ -83,7 +73,7 @@ def show_policy(
     etcd: EtcdOption = DEFAULT_ETCD,
 ) -> None:
     """Show the audit policies set (models without one are audited with digests only)."""
-    policies = asyncio.run(_read(etcd, model))
+    policies = _read(etcd, model)
     if json:
         for name, p in sorted(policies.items()):
             console.print_json(data={"model": name, **json_format.MessageToDict(p)})
@@ -95,5 +85,5 @@ def show_policy(
 @cli_errors
 def clear_policy(model: Annotated[str, typer.Argument(help="model name")], etcd: EtcdOption = DEFAULT_ETCD) -> None:
     """Remove MODEL's policy: back to digests only, not strict."""
-    asyncio.run(_write(etcd, check_model_name(model), None))
+    _write(etcd, check_model_name(model), None)
     console.print(f"audit policy of {model!r} cleared")

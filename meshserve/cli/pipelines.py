@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Annotated
 
+import aetcd
 import typer
 from rich.table import Table
 
@@ -14,7 +15,7 @@ from meshserve.cli.common import DEFAULT_ETCD, DEFAULT_ROUTER, EtcdOption, Route
 from meshserve.errors import NotFound
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
-from meshserve.registry.etcd import connect
+from meshserve.registry.etcd import read_records, with_etcd
 
 pipeline_app = typer.Typer(help="Pipelines: named DAGs of model calls, called like a model.", no_args_is_help=True)
 
@@ -29,21 +30,15 @@ def _table(found: list[pb.Pipeline]) -> Table:
     return table
 
 
-async def _read(etcd: str) -> list[pb.Pipeline]:
-    client = await connect(etcd, wait=3)
-    try:
-        return [pb.Pipeline.FromString(kv.value) for kv in await client.get_prefix(keys.PIPELINES.encode())]
-    finally:
-        await client.close()
+async def _read(client: aetcd.Client) -> list[pb.Pipeline]:
+    return list((await read_records(client, keys.PIPELINES, keys.parse_pipeline_key, pb.Pipeline)).values())
 
 
-async def _remove(etcd: str, name: str) -> None:
-    client = await connect(etcd, wait=3)
-    try:
+def _remove(etcd: str, name: str) -> None:
+    async def remove(client: aetcd.Client) -> None:
         if not await client.delete(keys.pipeline_key(name)):
             raise NotFound(f"no pipeline named {name!r}")
-    finally:
-        await client.close()
+    with_etcd(etcd, remove)
 
 
 @pipeline_app.command("apply")
@@ -62,12 +57,12 @@ def apply(
 @cli_errors
 def show(name: Annotated[str, typer.Argument(help="only this pipeline")] = "", etcd: EtcdOption = DEFAULT_ETCD) -> None:
     """Show the stored pipelines and their steps."""
-    console.print(_table([p for p in asyncio.run(_read(etcd)) if not name or p.name == name]))
+    console.print(_table([p for p in with_etcd(etcd, _read) if not name or p.name == name]))
 
 
 @pipeline_app.command("rm")
 @cli_errors
 def remove(name: Annotated[str, typer.Argument(help="pipeline name")], etcd: EtcdOption = DEFAULT_ETCD) -> None:
     """Remove a pipeline; calls to it get NOT_FOUND."""
-    asyncio.run(_remove(etcd, name))
+    _remove(etcd, name)
     console.print(f"pipeline {name!r} removed")

@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable
+from typing import Annotated
 
-import aetcd
 import typer
 from rich.table import Table
 
 from meshserve import routes
 from meshserve.cli.common import DEFAULT_ETCD, EtcdOption, cli_errors, console
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
-from meshserve.registry.etcd import connect
+from meshserve.registry.etcd import with_etcd
 
 alias_app = typer.Typer(help="Named versions (stable, canary, ...) of a model.", no_args_is_help=True)
 route_app = typer.Typer(help="Traffic policy of a model: default version, weighted split, shadows.",
                         no_args_is_help=True)
 
 WaitOption = Annotated[float, typer.Option(min=0, help="seconds to wait for the target to become ready")]
-T = TypeVar("T")
-
-
-def _with_etcd(etcd: str, work: Callable[[aetcd.Client], Coroutine[Any, Any, T]]) -> T:
-    async def run() -> T:
-        client = await connect(etcd, wait=3)
-        try:
-            return await work(client)
-        finally:
-            await client.close()
-    return asyncio.run(run())
 
 
 def _table(found: dict[str, pb.Route]) -> Table:
@@ -46,7 +33,7 @@ def _table(found: dict[str, pb.Route]) -> Table:
 
 
 def _update(etcd: str, model: str, change: Callable[[pb.Route], None], wait: float) -> None:
-    route = _with_etcd(etcd, lambda client: routes.update_route(client, model, change, wait_s=wait))
+    route = with_etcd(etcd, lambda client: routes.update_route(client, model, change, wait_s=wait))
     console.print(_table({model: route}))
 
 
@@ -104,5 +91,5 @@ def show_routes(
     etcd: EtcdOption = DEFAULT_ETCD,
 ) -> None:
     """Show every model's aliases and traffic policy (models without one go to their latest version)."""
-    found = _with_etcd(etcd, routes.read_routes)
+    found = with_etcd(etcd, routes.read_routes)
     console.print(_table({m: r for m, r in found.items() if not model or m == model}))

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aetcd
 
 from meshserve.errors import Unavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -42,3 +45,25 @@ async def connect(endpoint: str, *, wait: float = 10.0, call_timeout: float = 5.
             log.debug("etcd at %s not ready yet: %s", endpoint, e)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+
+async def read_records(client: aetcd.Client, prefix: str, parse_key: Callable[[bytes], str | None],
+                       message: Any) -> dict[str, Any]:
+    """Every record under ``prefix`` as ``message`` objects, keyed by the name ``parse_key`` finds."""
+    records = {}
+    for kv in await client.get_prefix(prefix.encode()):
+        name = parse_key(kv.key)
+        if name:
+            records[name] = message.FromString(kv.value)
+    return records
+
+
+def with_etcd(endpoint: str, work: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+    """Run ``work`` with a client of the etcd at ``endpoint`` (for commands; waits 3 s for etcd)."""
+    async def run() -> T:
+        client = await connect(endpoint, wait=3)
+        try:
+            return await work(client)
+        finally:
+            await client.close()
+    return asyncio.run(run())
