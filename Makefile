@@ -79,4 +79,5 @@ bench: venv examples bench-deps
 	$(BIN)/python bench/r_runtime.py
 	$(BIN)/python bench/triton.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/auth.py
 	$(BIN)/python -m meshserve.services.audit.bench --events 50000

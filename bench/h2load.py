@@ -16,6 +16,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -30,17 +31,18 @@ def available() -> bool:
     return shutil.which(H2LOAD) is not None
 
 
-def call_once(address: str, request: bytes) -> bytes:
+def call_once(address: str, request: bytes, metadata: Sequence[tuple[str, str]] = ()) -> bytes:
     """Send ``request`` once with grpcio; return the serialized response (raises on an error)."""
     with grpc.insecure_channel(address) as channel:
-        response: bytes = channel.unary_unary(METHOD)(request, timeout=30)
+        response: bytes = channel.unary_unary(METHOD)(request, timeout=30, metadata=tuple(metadata))
     return response
 
 
 def run_h2load(address: str, request: bytes, *, concurrency: int, warmup_s: float = 1.0,
-               duration_s: float = 5.0) -> Result:
+               duration_s: float = 5.0, metadata: Sequence[tuple[str, str]] = ()) -> Result:
     """``concurrency`` streams on one HTTP/2 connection for ``duration_s`` after ``warmup_s``."""
-    response_size = len(call_once(address, request))
+    response_size = len(call_once(address, request, metadata))
+    headers = [arg for key, value in metadata for arg in ("-H", f"{key}: {value}")]
     with tempfile.TemporaryDirectory(prefix="meshserve-h2load-") as folder:
         body = Path(folder) / "body"
         body.write_bytes(b"\x00" + struct.pack(">I", len(request)) + request)
@@ -48,7 +50,7 @@ def run_h2load(address: str, request: bytes, *, concurrency: int, warmup_s: floa
         out = subprocess.run(
             [H2LOAD, "-c", "1", "-m", str(concurrency), "-D", f"{round(duration_s * 1000)}ms",
              f"--warm-up-time={round(warmup_s * 1000)}ms",
-             "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers",
+             "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers", *headers,
              f"--log-file={log}", f"http://{address}{METHOD}"],
             capture_output=True, text=True, timeout=warmup_s + duration_s + 60, check=True,
         ).stdout

@@ -93,7 +93,8 @@ def main() -> int:
                 EtcdServer(folder / "b", folder / "b.log") as etcd_b, \
                 service(folder, "r2", "meshserve.runtimes.r", "--pool-size", "2", "--etcd-endpoint", etcd_a.endpoint,
                         "--model-repository", str(repository)) as two, \
-                service(folder, "router", "meshserve.services.router", "--etcd-endpoint", etcd_a.endpoint) as router, \
+                service(folder, "router", "meshserve.services.router", "--etcd-endpoint", etcd_a.endpoint,
+                        "--dev-mode") as router, \
                 service(folder, "r1", "meshserve.runtimes.r", "--pool-size", "1", "--etcd-endpoint", etcd_b.endpoint,
                         "--model-repository", str(repository)) as one:
             with floor_server(call_once(two, request)) as floor_address:

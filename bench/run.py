@@ -131,7 +131,7 @@ def report(scenario: Scenario, results: dict[str, Result]) -> tuple[list[str], d
 def extra_router(mesh: LocalMesh, name: str, *flags: str) -> Iterator[str]:
     """Another router on the mesh's registry, set up differently (no audit, no link...)."""
     process, info = start_service(name, "meshserve.services.router", [
-        "--port", "0", *flags, "--etcd-endpoint", mesh.etcd_endpoint, "--log-level", "WARNING",
+        "--port", "0", "--dev-mode", *flags, "--etcd-endpoint", mesh.etcd_endpoint, "--log-level", "WARNING",
     ], mesh.data_dir, log_path=mesh.log_dir / f"{name}.log")
     try:
         yield str(info["address"])

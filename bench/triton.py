@@ -80,7 +80,8 @@ def main() -> int:
         with EtcdServer(folder / "etcd", folder / "etcd.log") as etcd, \
                 service(folder, "registrar", "meshserve.runtimes.triton", "--triton-address", server.address,
                         "--etcd-endpoint", etcd.endpoint), \
-                service(folder, "router", "meshserve.services.router", "--etcd-endpoint", etcd.endpoint) as router:
+                service(folder, "router", "meshserve.services.router", "--etcd-endpoint", etcd.endpoint,
+                        "--dev-mode") as router:
             wait_routed(router)
             # The floor: what any Python gRPC proxy in front of Triton costs here, doing nothing else.
             with passthrough_server(server.address) as floor:

@@ -74,6 +74,10 @@ class PermissionDenied(MeshError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+# The codes of a refused caller, which the router audits on every method.
+REFUSALS = frozenset((grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED))
+
+
 class Unimplemented(MeshError):
     code = grpc.StatusCode.UNIMPLEMENTED
 

@@ -160,13 +160,13 @@ def remove_alias(alias: str) -> Callable[[pb.Route], None]:
 
 
 def set_policy(default_version: str, splits: list[tuple[str, int]], sticky_header: str,
-               shadows: list[str]) -> Callable[[pb.Route], None]:
+               shadows: list[str], sticky_principal: bool = False) -> Callable[[pb.Route], None]:
     """Replace the traffic policy (default, splits, sticky header, shadows); aliases stay."""
     check_version(default_version)
     for shadow in shadows:
         check_version(shadow)
-    if sticky_header and not splits:
-        raise InvalidArgument("a sticky header only makes sense with a split")
+    if (sticky_header or sticky_principal) and not splits:
+        raise InvalidArgument("sticky assignment only makes sense with a split")
     if sticky_header != sticky_header.lower() or " " in sticky_header:
         raise InvalidArgument(f"sticky header {sticky_header!r}: gRPC metadata keys are lower case, without spaces")
     if default_version and splits:
@@ -177,6 +177,7 @@ def set_policy(default_version: str, splits: list[tuple[str, int]], sticky_heade
         del route.splits[:]
         route.splits.extend(pb.Split(version=v, weight=w) for v, w in splits)
         route.sticky_header = sticky_header
+        route.sticky_principal = sticky_principal
         del route.shadows[:]
         route.shadows.extend(shadows)
     return change

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
-from typing import Annotated, NoReturn, ParamSpec, TypeVar
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import grpc
 import typer
@@ -69,5 +70,27 @@ def cli_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+API_KEY_ENV = "MESHSERVE_API_KEY"
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds ``authorization: Bearer <key>`` to every call."""
+
+    def __init__(self, key: str) -> None:
+        self.header = ("authorization", f"Bearer {key}")
+
+    def _with_key(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self.header])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_key(details), request)
+
+
 def channel(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(target, options=channel_options(64 * MiB))
+    """A channel to a mesh service; calls carry the API key in $MESHSERVE_API_KEY, when set."""
+    plain = grpc.insecure_channel(target, options=channel_options(64 * MiB))
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    return grpc.intercept_channel(plain, _Bearer(key)) if key else plain

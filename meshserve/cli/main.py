@@ -10,12 +10,15 @@
     meshserve alias set iris stable 2   # named versions
     meshserve route set iris --split 1=90,2=10 --shadow 3  # traffic policy
     meshserve pipeline apply examples/pipelines/sentiment.yaml
+    meshserve keys create --principal alice   # an API key (printed once)
+    meshserve policy allow --principal alice --models 'iris*' --actions infer,metadata
 """
 
 from __future__ import annotations
 
 import typer
 
+from meshserve.cli.access import keys_app, policy_app
 from meshserve.cli.audit import audit_app
 from meshserve.cli.infer import infer
 from meshserve.cli.pipelines import pipeline_app
@@ -41,6 +44,8 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(alias_app, name="alias")
 app.add_typer(route_app, name="route")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(keys_app, name="keys")
+app.add_typer(policy_app, name="policy")
 
 
 if __name__ == "__main__":

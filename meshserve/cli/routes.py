@@ -21,14 +21,16 @@ WaitOption = Annotated[float, typer.Option(min=0, help="seconds to wait for the 
 
 
 def _table(found: dict[str, pb.Route]) -> Table:
-    table = Table("model", "aliases", "calls with no version go to", "sticky header", "shadows", title="routes")
+    table = Table("model", "aliases", "calls with no version go to", "sticky by", "shadows", title="routes")
     for model, r in sorted(found.items()):
         if r.splits:
             target = ", ".join(f"{s.version}: {s.weight}%" for s in r.splits)
         else:
             target = r.default_version or "latest ready version"
         table.add_row(model, ", ".join(f"{a} -> {v}" for a, v in sorted(r.aliases.items())) or "-", target,
-                      r.sticky_header or "-", ", ".join(r.shadows) or "-")
+                      ", ".join([f"header {r.sticky_header}"] * bool(r.sticky_header)
+                                + ["principal"] * r.sticky_principal) or "-",
+                      ", ".join(r.shadows) or "-")
     return table
 
 
@@ -68,13 +70,15 @@ def set_route(
     default: Annotated[str, typer.Option(help="pin calls with no version to this version or alias")] = "",
     split: Annotated[str, typer.Option(help="weighted split of calls with no version, e.g. 1=90,2=10")] = "",
     sticky_header: Annotated[str, typer.Option(help="request header that keeps a caller on one side")] = "",
+    sticky_principal: Annotated[bool, typer.Option(
+        help="keep each authenticated principal on one side")] = False,
     shadow: Annotated[list[str] | None, typer.Option(help="mirror every call to this version (repeatable)")] = None,
     wait: WaitOption = 0.0,
     etcd: EtcdOption = DEFAULT_ETCD,
 ) -> None:
     """Set MODEL's traffic policy (replacing the previous one; aliases stay)."""
     sides = routes.parse_split(split) if split else []
-    _update(etcd, model, routes.set_policy(default, sides, sticky_header, shadow or []), wait)
+    _update(etcd, model, routes.set_policy(default, sides, sticky_header, shadow or [], sticky_principal), wait)
 
 
 @route_app.command("clear")

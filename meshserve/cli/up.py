@@ -115,6 +115,8 @@ def up(
                                   envvar="MESHSERVE_TRITON_REPOSITORY")
     ] = EXAMPLE_TRITON_MODELS,
     triton: Annotated[bool, typer.Option(help="run NVIDIA Triton (when installed) and its registrar")] = True,
+    dev_mode: Annotated[bool, typer.Option(
+        help="let callers without a key infer and read metadata of every model (local development)")] = True,
     pipeline: Annotated[
         list[Path] | None, typer.Option(help="pipeline file to apply once up (repeatable; default: the examples)")
     ] = None,
@@ -153,6 +155,7 @@ def up(
         runtime_port=runtime_port, data_dir=data_dir, log_level=log_level, audit_port=audit_port,
         nats_port=nats_port, audit=audit, triton_repository=triton_repository if triton else None,
         pipelines=tuple(pipeline if pipeline is not None else _example_pipelines(model_repository)),
+        dev_mode=dev_mode,
     ))
     pids: dict[str, int] = {}
     exit_code = 0
@@ -171,6 +174,10 @@ def up(
             ) if address
         ]))
         console.print(f"logs: {mesh.log_dir}")
+        if dev_mode:
+            console.print("[bold yellow]DEV MODE:[/] callers WITHOUT A KEY may infer and read metadata of every "
+                          "model, and services talk in plain text. Use --no-dev-mode to require API keys "
+                          "(`meshserve keys create`).")
         console.print("try:")
         console.print(grpcurl_command(mesh.router_address), markup=False, soft_wrap=True)
         console.print("[bold]Ctrl-C to stop[/]")

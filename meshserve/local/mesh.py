@@ -68,6 +68,8 @@ class MeshConfig:
     # Pipeline files applied once every runtime is up (those whose models are missing are
     # skipped with a warning).
     pipelines: tuple[Path, ...] = ()
+    # Dev mode: callers without a key may infer and read metadata of every model.
+    dev_mode: bool = True
     # Where the audit service stores the trail; default: SQLite in the data directory.
     audit_database: str | None = None
     # None: a temporary directory, removed on stop. Otherwise kept.
@@ -217,8 +219,9 @@ class LocalMesh:
 
     def _start_router(self) -> str:
         audit = ["--nats-url", self.nats_url, "--data-dir", str(self.data_dir / "router")] if self.nats else []
+        dev = ["--dev-mode"] if self.config.dev_mode else []
         self._service("router", "meshserve.services.router",
-                      ["--port", str(self.config.router_port), "--etcd-endpoint", self.etcd_endpoint, *audit])
+                      ["--port", str(self.config.router_port), "--etcd-endpoint", self.etcd_endpoint, *audit, *dev])
         return self.router_address
 
     def _start_runtime(self) -> str:

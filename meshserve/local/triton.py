@@ -158,5 +158,9 @@ class TritonServer:
 
     def stop(self) -> None:
         if self.process is not None:
+            group = self.process.pid  # Triton leads its own process group (start_new_session)
             self.process.stop(grace=10)
             self.process = None
+            # A Triton that crashed (it can abort) leaves its Python-backend stubs behind.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)

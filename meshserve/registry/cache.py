@@ -21,6 +21,7 @@ import aetcd
 
 from meshserve.names import version_sort_key
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
+from meshserve.protos.meshserve.auth.v1 import auth_pb2
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
 from meshserve.registry.etcd import connect
@@ -66,11 +67,17 @@ class RegistryCache:
         self.routes: dict[str, pb.Route] = {}
         # Pipelines, which callers call as models.
         self.pipelines: dict[str, pb.Pipeline] = {}
+        # API keys (by key id) and access rules (by id); auth_revision counts their changes.
+        self.api_keys: dict[str, auth_pb2.ApiKey] = {}
+        self.access_rules: dict[str, auth_pb2.AccessRule] = {}
+        self.auth_revision = 0
         # Records kept one per model: (key parser, where they go, their message type).
         self._model_records: tuple[tuple[Callable[[bytes], str | None], dict[str, Any], Any], ...] = (
             (keys.parse_audit_policy_key, self.audit_policies, audit_pb2.AuditPolicy),
             (keys.parse_route_key, self.routes, pb.Route),
             (keys.parse_pipeline_key, self.pipelines, pb.Pipeline),
+            (keys.parse_api_key_key, self.api_keys, auth_pb2.ApiKey),
+            (keys.parse_access_rule_key, self.access_rules, auth_pb2.AccessRule),
         )
         # Models whose last placement left (a runtime died or stopped), with when: callers
         # get UNAVAILABLE (try again) for them rather than NOT_FOUND.
@@ -137,6 +144,7 @@ class RegistryCache:
         for parse, records, message in self._model_records:
             model = parse(key)
             if model is not None:
+                self.auth_revision += 1
                 try:
                     records[model] = message.FromString(value)
                 except Exception:  # noqa: BLE001 - keep the last good record
@@ -154,6 +162,7 @@ class RegistryCache:
         for parse, records, _ in self._model_records:
             model = parse(key)
             if model is not None:
+                self.auth_revision += 1
                 records.pop(model, None)
         return None
 

@@ -8,6 +8,8 @@ PLACEMENTS = ROOT + "placements/"
 AUDIT_POLICIES = ROOT + "audit-policies/"
 ROUTES = ROOT + "routes/"
 PIPELINES = ROOT + "pipelines/"
+API_KEYS = ROOT + "keys/"
+ACCESS_RULES = ROOT + "access/"
 
 
 def runtime_key(runtime_id: str) -> bytes:
@@ -61,3 +63,21 @@ def pipeline_key(name: str) -> bytes:
 def parse_pipeline_key(key: bytes) -> str | None:
     text = _text(key)
     return text[len(PIPELINES):] if text.startswith(PIPELINES) else None
+
+
+def api_key_key(key_id: str) -> bytes:
+    return (API_KEYS + key_id).encode()
+
+
+def parse_api_key_key(key: bytes) -> str | None:
+    text = _text(key)
+    return text[len(API_KEYS):] if text.startswith(API_KEYS) else None
+
+
+def access_rule_key(rule_id: str) -> bytes:
+    return (ACCESS_RULES + rule_id).encode()
+
+
+def parse_access_rule_key(key: bytes) -> str | None:
+    text = _text(key)
+    return text[len(ACCESS_RULES):] if text.startswith(ACCESS_RULES) else None

@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError
 
 from meshserve.audit.digest import TensorData, request_tensors, response_tensors, side_digest
 from meshserve.audit.publisher import Event, EventPublisher
+from meshserve.auth.access import ANONYMOUS
 from meshserve.errors import Unavailable
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
@@ -31,7 +32,6 @@ from meshserve.registry.cache import Replica
 log = logging.getLogger(__name__)
 
 Metadata = tuple[tuple[str, str | bytes], ...]
-ANONYMOUS = "anonymous"
 BUILD_CHUNK = 4  # events built between two yields to the loop: bounds the wait of a call arriving meanwhile
 LARGE_EVENT_BYTES = 256 * 1024
 _NO_POLICY = audit_pb2.AuditPolicy()
@@ -40,8 +40,8 @@ _NO_POLICY = audit_pb2.AuditPolicy()
 class Call:
     """What the router learns about one call while routing it."""
 
-    __slots__ = ("method", "model", "parent_request_id", "replica", "request_id", "requested_version",
-                 "resolved_version", "shadow", "start_ns")
+    __slots__ = ("method", "model", "parent_request_id", "principal", "replica", "request_id", "requested_version",
+                 "resolved_version", "shadow", "start_ns", "trusted")
 
     def __init__(self, method: str) -> None:
         self.method = method
@@ -53,6 +53,8 @@ class Call:
         self.shadow = False  # a mirrored call whose answer only the audit trail sees
         self.request_id = ""  # set by the router when it gave the call an id (a pipeline)
         self.parent_request_id = ""  # a pipeline step: the pipeline call's request id
+        self.principal = ANONYMOUS  # who called, once authenticated
+        self.trusted = False  # made by the router itself (pipeline steps, shadows): no access check
 
 
 def _metadata_value(metadata: Metadata, key: str) -> str:
@@ -170,7 +172,7 @@ class CallAudit:
         replica = call.replica
         event = audit_pb2.CallEvent(
             event_id=os.urandom(16).hex(), trace_id=_trace_id(metadata),
-            principal=ANONYMOUS, peer=peer,  # callers are not authenticated yet: never trust a claimed name
+            principal=call.principal.name, peer=peer,
             model=call.model, requested_version=call.requested_version, resolved_version=call.resolved_version,
             runtime_kind=replica.kind if replica else "", runtime_id=replica.runtime_id if replica else "",
             start_unix_nanos=call.start_ns, duration_nanos=end_ns - call.start_ns,

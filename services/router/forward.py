@@ -14,7 +14,8 @@ from typing import Any
 import grpc
 from grpc.aio import ServicerContext as Context
 
-from meshserve.errors import MeshError, error_for
+from meshserve.auth.access import Access
+from meshserve.errors import REFUSALS, MeshError, error_for
 from meshserve.protos.inference import grpc_service_pb2 as oip
 
 from .audit import Call, CallAudit, Metadata
@@ -37,8 +38,9 @@ MAX_SHADOWS_IN_FLIGHT = 256
 
 
 # Metadata gRPC sets itself, never passed on to a runtime.
+# The caller's key stays in the router: runtimes never see it.
 _TRANSPORT_KEYS = frozenset(("user-agent", "content-type", "te", "host", "grpc-timeout", "grpc-encoding",
-                             "grpc-accept-encoding"))
+                             "grpc-accept-encoding", "authorization"))
 
 
 def forwarded_metadata(context: Context) -> Metadata:
@@ -57,23 +59,27 @@ def link_metadata(metadata: Metadata) -> dict[str, str]:
 class Forwarder:
     """Routes each call by the model name and version inside its bytes."""
 
-    def __init__(self, resolver: Resolver, pool: ConnectionPool, eject_s: float, audit: CallAudit) -> None:
+    def __init__(self, resolver: Resolver, pool: ConnectionPool, eject_s: float, audit: CallAudit,
+                 access: Access) -> None:
         self.resolver = resolver
         self.pool = pool
         self.eject_s = eject_s
         self.audit = audit
         self._shadows: set[asyncio.Task[None]] = set()
+        self.access = access
 
     def unary(self, method: str, name_field: int = 1, version_field: int = 2, link_method: int = 0,
-              audited: bool = False, mirrored: bool = False) -> Callable[[bytes, Context], Coroutine[Any, Any, bytes]]:
+              audited: bool = False, mirrored: bool = False,
+              action: str = "infer") -> Callable[[bytes, Context], Coroutine[Any, Any, bytes]]:
         """A gRPC handler forwarding ``method``, routed by the given string fields.
 
         With ``link_method``, replicas that offer a mesh link are called over it; others
         over gRPC. ``audited`` calls become call events (when the router audits);
         ``mirrored`` calls are also sent to the model's shadow versions, if it has any.
         """
-        forward = self._forwarding(method, name_field, version_field, link_method, pipelines=mirrored)
+        forward = self._forwarding(method, name_field, version_field, link_method, action, pipelines=mirrored)
         audit = self.audit
+        authenticate = self.access.authenticate
         shadows = self.resolver.shadows if mirrored else None
         mirror = functools.partial(self._mirror, forward, version_field)
 
@@ -81,11 +87,14 @@ class Forwarder:
             call = Call(method)
             metadata = forwarded_metadata(context)
             try:
+                call.principal = authenticate(context.invocation_metadata() or ())
                 response = await forward(call, request, context.time_remaining, metadata)
                 if shadows is not None and (versions := shadows(call.model)):
                     mirror(versions, request, context.peer(), metadata)
                 return response
             except MeshError as e:
+                if e.code in REFUSALS:
+                    audit.record(call, request, None, e.code, e.message, context.peer(), metadata)
                 await context.abort(e.code, e.message)
             raise AssertionError("unreachable")
 
@@ -93,6 +102,7 @@ class Forwarder:
             call = Call(method)
             metadata = forwarded_metadata(context)
             try:
+                call.principal = authenticate(context.invocation_metadata() or ())
                 response = await forward(call, request, context.time_remaining, metadata)
                 if shadows is not None and (versions := shadows(call.model)):
                     mirror(versions, request, context.peer(), metadata)
@@ -125,7 +135,7 @@ class Forwarder:
 
     async def _shadow(self, forward: Forward, request: bytes, peer: str, metadata: Metadata) -> None:
         call = Call("ModelInfer")
-        call.shadow = True
+        call.shadow = call.trusted = True
         deadline = time.monotonic() + SHADOW_TIMEOUT_S
         try:
             response = await forward(call, request, lambda: deadline - time.monotonic(), metadata)
@@ -134,7 +144,7 @@ class Forwarder:
         else:
             self.audit.record(call, request, response, _OK, "", peer, metadata)
 
-    def _forwarding(self, method: str, name_field: int, version_field: int, link_method: int,
+    def _forwarding(self, method: str, name_field: int, version_field: int, link_method: int, action: str,
                     pipelines: bool = False) -> Forward:
         """The forwarding itself: the response bytes, or a MeshError saying why not.
 
@@ -146,15 +156,18 @@ class Forwarder:
         precheck = self.audit.precheck
         eject_s = self.eject_s
         routed = self.resolver.cache.routes
+        check = self.access.check
         pipes = self.resolver.cache.pipelines if pipelines else {}
 
         async def forward(call: Call, request: bytes, time_remaining: Callable[[], float | None],
                           metadata: Metadata) -> bytes:
             call.model, call.requested_version = name, version = string_fields(request, name_field, version_field)
+            if not call.trusted:
+                check(call.principal, name, action)
             precheck(name)
             if name in pipes and not call.parent_request_id:  # a step never runs a pipeline
                 return await runner.run(call, request, time_remaining, metadata)
-            call.resolved_version, replicas = resolve(name, version, metadata)
+            call.resolved_version, replicas = resolve(name, version, metadata, call.principal.sticky_name)
             if call.resolved_version != version and (version or name in routed):
                 # An alias or a route chose the version: the runtime must serve that one.
                 request += string_field(version_field, call.resolved_version)
@@ -206,6 +219,12 @@ class Forwarder:
         metadata = forwarded_metadata(context)
         audit = self.audit if self.audit.enabled else None
         peer = context.peer() if audit else ""
+        try:
+            principal = self.access.authenticate(context.invocation_metadata() or ())
+        except MeshError as e:
+            refused = Call("ModelStreamInfer")
+            self.audit.record(refused, b"", None, e.code, e.message, context.peer(), metadata)
+            await context.abort(e.code, e.message)
 
         def audited(call: Call, request: bytes, response: bytes | None, code: grpc.StatusCode, message: str) -> None:
             if audit is not None:
@@ -245,10 +264,13 @@ class Forwarder:
             try:
                 async for request in requests:
                     call = Call("ModelStreamInfer")
+                    call.principal = principal
                     try:
                         call.model, call.requested_version = name, version = string_fields(request, 1, 2)
+                        self.access.check(principal, name, "infer")
                         self.audit.precheck(name)
-                        call.resolved_version, replicas = self.resolver.resolve(name, version, metadata)
+                        call.resolved_version, replicas = self.resolver.resolve(
+                            name, version, metadata, principal.sticky_name)
                         if call.resolved_version != version and (version or name in self.resolver.cache.routes):
                             request += string_field(2, call.resolved_version)
                     except MeshError as e:

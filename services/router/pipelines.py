@@ -70,11 +70,10 @@ class PipelineRunner:
         tensors = self._inputs(pipeline, parsed)
         for wave in self._waves(pipeline):
             if len(wave) == 1:  # a chain: no task to create
-                tensors.update(await self._step(pipeline.name, wave[0], tensors, call.request_id, time_remaining,
-                                                metadata))
+                tensors.update(await self._step(pipeline.name, wave[0], tensors, call, time_remaining, metadata))
                 continue
-            tasks = [asyncio.create_task(self._step(pipeline.name, step, tensors, call.request_id, time_remaining,
-                                                    metadata)) for step in wave]
+            tasks = [asyncio.create_task(self._step(pipeline.name, step, tensors, call, time_remaining, metadata))
+                     for step in wave]
             try:
                 for produced in await asyncio.gather(*tasks):
                     tensors.update(produced)
@@ -118,8 +117,9 @@ class PipelineRunner:
                                       f"not {datatype}")
         return {f"inputs.{name}": tensor for name, tensor in given.items()}
 
-    async def _step(self, pipeline: str, step: pb.PipelineStep, tensors: Mapping[str, Tensor], parent: str,
+    async def _step(self, pipeline: str, step: pb.PipelineStep, tensors: Mapping[str, Tensor], parent_call: Call,
                     time_remaining: Callable[[], float | None], metadata: Metadata) -> dict[str, Tensor]:
+        parent = parent_call.request_id
         request = oip.ModelInferRequest(model_name=step.model, model_version=step.version, id=parent)
         for model_input, source in step.inputs.items():
             datatype, shape, raw = tensors[source]
@@ -128,6 +128,8 @@ class PipelineRunner:
         data = request.SerializeToString()
         call = Call("ModelInfer")
         call.parent_request_id = parent
+        call.principal = parent_call.principal
+        call.trusted = True  # the caller may call the pipeline; its steps run with the router's authority
         try:
             answer = await self.forward(call, data, time_remaining, metadata)
         except MeshError as e:

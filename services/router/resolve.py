@@ -38,18 +38,20 @@ class Resolver:
             raise NotFound(f"model {name!r} is not in the mesh; models: {_listing(self.cache.model_names())}")
         return view
 
-    def resolve(self, name: str, version: str, metadata: routes.Metadata = ()) -> tuple[str, tuple[Replica, ...]]:
+    def resolve(self, name: str, version: str, metadata: routes.Metadata = (),
+                principal: str = "") -> tuple[str, tuple[Replica, ...]]:
         """(resolved version, replicas holding it ready), or the error to give the caller.
 
         ``version`` may be a version, an alias or empty (the model's route decides, else
-        the latest ready version); ``metadata`` carries a split's sticky header.
+        the latest ready version); ``metadata`` carries a split's sticky header and
+        ``principal`` names an authenticated caller, for sticky splits.
         """
         requested = version
         view = self.cache.models.get(name)
         if view is not None:
             route = self.cache.routes.get(name)
             if route is not None:
-                version = routes.choose(route, view, version, metadata)
+                version = routes.choose(route, view, version, metadata, principal)
             if not version:
                 if view.latest_ready is not None:
                     return view.latest_ready, view.ready[view.latest_ready]

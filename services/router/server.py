@@ -10,6 +10,7 @@ import grpc
 
 from meshserve.audit.publisher import EventPublisher
 from meshserve.audit.spool import Spool
+from meshserve.auth.access import Access
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
 from meshserve.link import MODEL_INFER
@@ -57,15 +58,17 @@ class Router:
             publisher = EventPublisher(settings.nats_url, spool)
         self.audit = CallAudit(publisher, self.cache.audit_policies, settings.router_id,
                                settings.audit_capture_max_bytes, settings.audit_flush_s)
-        self.forwarder = Forwarder(resolver, self.pool, settings.eject_s, self.audit)
-        mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s)
+        self.access = Access(self.cache.api_keys, self.cache.access_rules, lambda: self.cache.auth_revision,
+                             dev_mode=settings.dev_mode)
+        self.forwarder = Forwarder(resolver, self.pool, settings.eject_s, self.audit, self.access)
+        mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s, self.access, self.audit)
         self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)
         fwd = self.forwarder
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
             "ModelInfer": _raw(fwd.unary("ModelInfer", link_method=MODEL_INFER, audited=True, mirrored=True)),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(fwd.stream_infer),
-            "ModelConfig": _raw(fwd.unary("ModelConfig")),
-            "ModelStatistics": _raw(fwd.unary("ModelStatistics")),
+            "ModelConfig": _raw(fwd.unary("ModelConfig", action="metadata")),
+            "ModelStatistics": _raw(fwd.unary("ModelStatistics", action="metadata")),
             "ModelMetadata": _raw(mesh.model_metadata),
             "RepositoryModelLoad": _raw(mesh.repository_model_load),
             "RepositoryModelUnload": _raw(mesh.repository_model_unload),
@@ -76,7 +79,8 @@ class Router:
             "RepositoryIndex": _typed(mesh.repository_index, oip.RepositoryIndexRequest),
         }
         self.grpc.server.add_registered_method_handlers(OIP_SERVICE, handlers)
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.cache), self.grpc.server)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.cache, self.access),
+                                                                self.grpc.server)
 
     @property
     def address(self) -> str:
@@ -91,6 +95,9 @@ class Router:
         await self.audit.start()
         if not self.audit.enabled:
             log.warning("auditing is OFF: no --nats-url, so calls leave no audit trail")
+        if self.settings.dev_mode:
+            log.warning("DEV MODE: callers WITHOUT A KEY may infer and read metadata of EVERY model; "
+                        "never run a router with --dev-mode outside local development")
         address = self.grpc.bind(self.settings.host, self.settings.port)
         await self.grpc.start()
         log.info("router serving the inference protocol on %s (etcd %s)", address, self.settings.etcd_endpoint)

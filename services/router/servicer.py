@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 
 import grpc
@@ -10,13 +11,16 @@ from google.protobuf.message import DecodeError
 from grpc.aio import ServicerContext as Context
 
 import meshserve
-from meshserve.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable, grpc_errors
+from meshserve.auth.access import Access, Principal
+from meshserve.errors import DeadlineExceeded, InvalidArgument, MeshError, NotFound, Unavailable, grpc_errors
 from meshserve.names import check_model_name
 from meshserve.oip.repository import version_parameter
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry.cache import RegistryCache, Replica
 
+from .audit import Call, CallAudit
+from .forward import forwarded_metadata
 from .replicas import ConnectionPool
 from .resolve import Resolver
 from .wire import string_field, string_fields
@@ -46,11 +50,28 @@ class MeshServicer:
     """ServerLive/Ready/Metadata, ModelReady, ModelMetadata, RepositoryIndex/Load/Unload."""
 
     def __init__(self, cache: RegistryCache, resolver: Resolver, pool: ConnectionPool,
-                 load_wait_s: float) -> None:
+                 load_wait_s: float, access: Access, audit: CallAudit) -> None:
         self.cache = cache
         self.resolver = resolver
         self.pool = pool
         self.load_wait_s = load_wait_s
+        self.access = access
+        self.audit = audit
+
+    def _allow(self, context: Context, method: str, model: str, action: str) -> Principal:
+        """The caller, if it may ``action`` on ``model``; else the refusal, audited."""
+        call = Call(method)
+        call.model = model
+        try:
+            call.principal = self.access.authenticate(context.invocation_metadata() or ())
+            self.access.check(call.principal, model, action)
+        except MeshError as e:
+            self.audit.record(call, b"", None, e.code, e.message, context.peer(), forwarded_metadata(context))
+            raise
+        return call.principal
+
+    def _caller(self, context: Context) -> Principal:
+        return self.access.authenticate(context.invocation_metadata() or ())
 
     @grpc_errors
     async def server_live(self, request: oip.ServerLiveRequest, context: Context) -> oip.ServerLiveResponse:
@@ -69,6 +90,7 @@ class MeshServicer:
 
     @grpc_errors
     async def model_ready(self, request: oip.ModelReadyRequest, context: Context) -> oip.ModelReadyResponse:
+        self._allow(context, "ModelReady", request.name, "metadata")
         pipeline = self.cache.pipelines.get(request.name)
         if pipeline is not None:
             return oip.ModelReadyResponse(ready=not self._pipeline_blockers(pipeline))
@@ -82,6 +104,7 @@ class MeshServicer:
     async def model_metadata(self, request: bytes, context: Context) -> bytes:
         """Forwarded to a replica; the versions list is the whole mesh's."""
         name, version = string_fields(request, 1, 2)
+        self._allow(context, "ModelMetadata", name, "metadata")
         pipeline = self.cache.pipelines.get(name)
         if pipeline is not None:
             return pipeline_metadata(pipeline).SerializeToString()
@@ -103,10 +126,13 @@ class MeshServicer:
                                context: Context) -> oip.RepositoryIndexResponse:
         if request.repository_name:
             raise InvalidArgument("the router has one mesh-wide repository: leave repository_name empty")
+        principal = self._caller(context)
+        visible = functools.partial(self.access.allowed, principal, action="metadata")
         response = oip.RepositoryIndexResponse()
         by_version: dict[tuple[str, str], list[pb.Placement]] = {}
         for (model, version, _), placement in self.cache.placements.items():
-            by_version.setdefault((model, version), []).append(placement)
+            if visible(model):
+                by_version.setdefault((model, version), []).append(placement)
         for (model, version) in sorted(by_version):
             placements = by_version[(model, version)]
             best = min(placements, key=lambda p: _STATE_ORDER.index(p.state))
@@ -120,6 +146,8 @@ class MeshServicer:
                 reason += f" failed on {failed.runtime_id}: {failed.reason}"
             response.models.add(name=model, version=version, state=_OIP_STATE[best.state], reason=reason)
         for name, pipeline in sorted(self.cache.pipelines.items()):
+            if not visible(name):
+                continue
             blockers = self._pipeline_blockers(pipeline)
             if request.ready and blockers:
                 continue
@@ -156,6 +184,7 @@ class MeshServicer:
         if parsed.repository_name:
             raise InvalidArgument("the router has one mesh-wide repository: leave repository_name empty")
         name = check_model_name(parsed.model_name)
+        self._allow(context, method, name, "load")
         version = version_parameter(parsed.parameters)
         wanted = {pb.MODEL_STATE_READY, pb.MODEL_STATE_LOADING, pb.MODEL_STATE_FAILED}
         targets = {

@@ -39,6 +39,9 @@ class RouterSettings(ServiceSettings):
     audit_capture_max_bytes: int = Field(
         64 * 1024, description="largest tensor stored when a model's policy captures payloads (its own cap wins)"
     )
+    dev_mode: bool = Field(
+        False, description="let callers without a key infer and read metadata of every model (local development only)"
+    )
     eject_s: float = Field(
         2.0, description="how long a replica that failed with UNAVAILABLE is avoided when others exist"
     )

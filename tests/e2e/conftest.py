@@ -27,7 +27,7 @@ import skops.io as sio
 
 from meshserve.local.mesh import LocalMesh, MeshConfig
 
-from .helpers import EXAMPLES, IRIS_SKOPS, ROOT, copy_model, router_process, write_python_model
+from .helpers import EXAMPLES, IRIS_SKOPS, ROOT, allow_anonymous, copy_model, router_process, write_python_model
 
 SLEEPY = textwrap.dedent('''
     import time
@@ -96,6 +96,7 @@ def mesh(mesh_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
                         r_runtime=False,
                         data_dir=tmp_path_factory.mktemp("mesh"), start_timeout_s=60)
     with LocalMesh(config) as started:
+        allow_anonymous(started.etcd_endpoint, "load")  # the load and unload tests call without a key
         yield started
 
 

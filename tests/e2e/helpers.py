@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aetcd
 import grpc
 import numpy as np
 import yaml
@@ -18,6 +19,9 @@ from meshserve.local.process import ManagedProcess, start_service
 from meshserve.oip import build_request, decode_response
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
+from meshserve.protos.meshserve.auth.v1 import auth_pb2
+from meshserve.registry import keys
+from meshserve.registry.etcd import with_etcd
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "models"
@@ -100,7 +104,7 @@ def router_process(etcd_endpoint: str, folder: Path, *extra: str,
                    timeout: float = 30.0) -> Iterator[tuple[ManagedProcess, str]]:
     """A router process: yields (process, address)."""
     proc, address = _service(f"router-{uuid.uuid4().hex[:6]}", "meshserve.services.router",
-                             ["--etcd-endpoint", etcd_endpoint, *extra], folder, timeout)
+                             ["--etcd-endpoint", etcd_endpoint, "--dev-mode", *extra], folder, timeout)
     try:
         yield proc, address
     finally:
@@ -124,3 +128,13 @@ def repository_index(channel: grpc.Channel) -> list[tuple[str, str, str]]:
     stub = oip_grpc.GRPCInferenceServiceStub(channel)
     response = stub.RepositoryIndex(oip.RepositoryIndexRequest(), timeout=5)
     return [(m.name, m.version, m.state) for m in response.models]
+
+
+def allow_anonymous(etcd_endpoint: str, *actions: str, models: str = "*") -> None:
+    """An allow rule for callers without a key (the tests that load and unload models need ``load``)."""
+    rule = auth_pb2.AccessRule(id=f"anonymous-{'-'.join(actions)}", principal="anonymous", models=[models],
+                               actions=list(actions))
+
+    async def put(client: aetcd.Client) -> None:
+        await client.put(keys.access_rule_key(rule.id), rule.SerializeToString())
+    with_etcd(etcd_endpoint, put)

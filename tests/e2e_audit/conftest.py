@@ -104,7 +104,7 @@ class AuditMesh:
         self._routers += 1
         proc, address, _ = start_service(f"router-{self._routers}", "meshserve.services.router", [
             "--etcd-endpoint", self.etcd_endpoint, "--nats-url", self.nats.url, "--data-dir", str(data_dir),
-            *extra], self.folder)
+            "--dev-mode", *extra], self.folder)
         with grpc.insecure_channel(address) as channel:
             def ready() -> bool:
                 index = stub(channel).RepositoryIndex(oip.RepositoryIndexRequest(), timeout=5)

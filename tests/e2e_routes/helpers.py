@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+import aetcd
 import grpc
 import numpy as np
 
 from meshserve import routes
+from meshserve.auth import apikeys
 from meshserve.oip import build_request, decode_response
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
+from meshserve.protos.meshserve.auth.v1 import auth_pb2
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
-from meshserve.registry.etcd import connect
+from meshserve.registry import keys
+from meshserve.registry.etcd import connect, with_etcd
 
 X = np.zeros(1, dtype=np.float32)
 
@@ -51,3 +55,21 @@ def current(etcd: str) -> pb.Route:
         finally:
             await client.close()
     return asyncio.run(run())
+
+
+def grant(etcd: str, principal: str, *roles: str) -> tuple[str, str]:
+    """A new API key for ``principal`` stored in etcd: (token, key id)."""
+    token, record = apikeys.create(principal, list(roles))
+
+    async def put(client: aetcd.Client) -> None:
+        await client.put(keys.api_key_key(record.key_id), record.SerializeToString())
+    with_etcd(etcd, put)
+    return token, record.key_id
+
+
+def allow_role(etcd: str, role: str, model: str, *actions: str) -> None:
+    rule = auth_pb2.AccessRule(id=f"{role}-{model}", role=role, models=[model], actions=list(actions))
+
+    async def put(client: aetcd.Client) -> None:
+        await client.put(keys.access_rule_key(rule.id), rule.SerializeToString())
+    with_etcd(etcd, put)

@@ -23,7 +23,7 @@ from meshserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
 from meshserve.protos.meshserve.audit.v1 import audit_pb2, audit_pb2_grpc
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 
-from .helpers import X, current, echo, update
+from .helpers import X, allow_role, current, echo, grant, update
 
 MESHSERVE = str(Path(sys.executable).parent / "meshserve")
 
@@ -179,3 +179,20 @@ def _not_found(stub: oip_grpc.GRPCInferenceServiceStub, version: str) -> grpc.Rp
     error = rpc_error(lambda: echo(stub, version))
     assert error.code() == grpc.StatusCode.NOT_FOUND, error
     return error
+
+
+def test_sticky_principal_keeps_each_caller_on_one_side(mesh: LocalMesh,
+                                                        stub: oip_grpc.GRPCInferenceServiceStub) -> None:
+    tokens = [token for token, _ in (grant(mesh.etcd_endpoint, f"user-{i}", "testers") for i in range(30))]
+    allow_role(mesh.etcd_endpoint, "testers", "echo", "infer")
+    update(mesh.etcd_endpoint, routes.set_policy("", [("1", 50), ("2", 50)], "", [], sticky_principal=True))
+    assert_eventually(lambda: _equal(echo(stub, metadata=[("authorization", f"Bearer {tokens[0]}")]) in (1, 2), True),
+                      retry_on=(AssertionError, grpc.RpcError))
+    sides = set()
+    for token in tokens:
+        seen = {echo(stub, metadata=[("authorization", f"Bearer {token}")]) for _ in range(8)}
+        assert len(seen) == 1, seen
+        sides |= seen
+    assert sides == {1, 2}  # 30 principals all on one side: chance 2 ** -29
+    shown = meshserve("route", "show", "echo", etcd=mesh.etcd_endpoint)
+    assert "principal" in shown.stdout

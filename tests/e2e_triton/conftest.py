@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from e2e.helpers import ROOT, assert_eventually, router_process
+from e2e.helpers import ROOT, allow_anonymous, assert_eventually, router_process
 
 from meshserve.local import triton
 from meshserve.local.etcd import EtcdServer
@@ -53,6 +53,7 @@ def triton_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def triton_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
     folder = tmp_path_factory.mktemp("triton-etcd")
     with EtcdServer(folder, folder / "etcd.log") as server:
+        allow_anonymous(server.endpoint, "load")  # the tests load and unload Triton models without a key
         yield server
 
 

@@ -63,3 +63,10 @@ def test_check_route_only_checks_what_changes() -> None:
     assert "is also a version" in check_route(route(aliases={"1": "1"}), placements)[0]
     old = route(aliases={"canary": "2"})
     assert check_route(route(aliases={"canary": "2", "stable": "1"}), placements, old) == []
+
+
+def test_sticky_principal_is_stable_per_principal_and_random_without_one() -> None:
+    r = route(splits=[pb.Split(version="1", weight=50), pb.Split(version="2", weight=50)], sticky_principal=True)
+    for user in ("alice", "bob", "carol"):
+        assert len({routes.choose(r, VIEW, "", (), user) for _ in range(20)}) == 1
+    assert {routes.choose(r, VIEW, "", (), "") for _ in range(100)} == {"1", "2"}

@@ -146,6 +146,7 @@ class Route(_message.Message):
     STICKY_HEADER_FIELD_NUMBER: _builtins.int
     SHADOWS_FIELD_NUMBER: _builtins.int
     UPDATED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    STICKY_PRINCIPAL_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     default_version: _builtins.str
     """The version (or alias) of calls that name none; empty: the latest ready version.
@@ -156,6 +157,10 @@ class Route(_message.Message):
     one side of the split; empty: every call is drawn afresh.
     """
     updated_at_unix_ms: _builtins.int
+    sticky_principal: _builtins.bool
+    """With splits: keep each authenticated principal on one side (callers without a key,
+    and callers when sticky_header is also set but absent, are drawn afresh).
+    """
     @_builtins.property
     def aliases(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Alias name -> version, e.g. "stable" -> "2". A caller may name an alias wherever
@@ -182,10 +187,11 @@ class Route(_message.Message):
         sticky_header: _builtins.str = ...,
         shadows: _abc.Iterable[_builtins.str] | None = ...,
         updated_at_unix_ms: _builtins.int = ...,
+        sticky_principal: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "default_version", b"default_version", "model", b"model", "shadows", b"shadows", "splits", b"splits", "sticky_header", b"sticky_header", "updated_at_unix_ms", b"updated_at_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "default_version", b"default_version", "model", b"model", "shadows", b"shadows", "splits", b"splits", "sticky_header", b"sticky_header", "sticky_principal", b"sticky_principal", "updated_at_unix_ms", b"updated_at_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,133 @@
+"""``meshserve keys`` and ``meshserve policy``: API keys and the allow rules routers enforce (kept in etcd)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Annotated
+
+import aetcd
+import typer
+from rich.table import Table
+
+from meshserve.auth import apikeys
+from meshserve.auth.access import ACTIONS, ANONYMOUS_NAME
+from meshserve.cli.common import DEFAULT_ETCD, EtcdOption, cli_errors, console
+from meshserve.errors import InvalidArgument, NotFound
+from meshserve.protos.meshserve.auth.v1 import auth_pb2
+from meshserve.registry import keys
+from meshserve.registry.etcd import read_records, with_etcd
+
+keys_app = typer.Typer(help="API keys: create (printed once), list, revoke.", no_args_is_help=True)
+policy_app = typer.Typer(help="Allow rules: who may do what on which models (deny by default).",
+                         no_args_is_help=True)
+
+
+def _when(unix_ms: int) -> str:
+    return datetime.fromtimestamp(unix_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _delete(etcd: str, key: bytes, what: str) -> None:
+    async def delete(client: aetcd.Client) -> None:
+        if not await client.delete(key):
+            raise NotFound(f"no {what}")
+    with_etcd(etcd, delete)
+
+
+@keys_app.command("create")
+@cli_errors
+def create_key(
+    principal: Annotated[str, typer.Option(help="who the key speaks for")],
+    role: Annotated[list[str] | None, typer.Option(help="a role of the principal (repeatable)")] = None,
+    description: Annotated[str, typer.Option(help="a note for `keys list`")] = "",
+    etcd: EtcdOption = DEFAULT_ETCD,
+) -> None:
+    """Create a key for PRINCIPAL and print it once: etcd keeps only a salted hash."""
+    token, record = apikeys.create(principal, role or [], description)
+
+    async def put(client: aetcd.Client) -> None:
+        await client.put(keys.api_key_key(record.key_id), record.SerializeToString())
+    with_etcd(etcd, put)
+    console.print(f"key {record.key_id} for principal {principal!r}"
+                  + (f" (roles: {', '.join(record.roles)})" if record.roles else "") + ". It is shown only now:")
+    console.print(token, markup=False, soft_wrap=True)
+    console.print("Send it as: authorization: Bearer <key>   (grpcurl -H 'authorization: Bearer <key>' ...)")
+
+
+@keys_app.command("list")
+@cli_errors
+def list_keys(etcd: EtcdOption = DEFAULT_ETCD) -> None:
+    """List the keys (never their secrets)."""
+    found = with_etcd(etcd, lambda c: read_records(c, keys.API_KEYS, keys.parse_api_key_key, auth_pb2.ApiKey))
+    table = Table("key id", "principal", "roles", "created", "description", title="API keys")
+    for k in sorted(found.values(), key=lambda k: (k.principal, k.created_unix_ms)):
+        table.add_row(k.key_id, k.principal, ", ".join(k.roles) or "-", _when(k.created_unix_ms), k.description or "-")
+    console.print(table)
+
+
+@keys_app.command("revoke")
+@cli_errors
+def revoke_key(key_id: Annotated[str, typer.Argument(help="the key id (`keys list`)")],
+               etcd: EtcdOption = DEFAULT_ETCD) -> None:
+    """Revoke a key: every router refuses it within a second."""
+    _delete(etcd, keys.api_key_key(key_id), f"key {key_id!r}")
+    console.print(f"key {key_id} revoked")
+
+
+@policy_app.command("allow")
+@cli_errors
+def allow(
+    models: Annotated[str, typer.Option(help="model name patterns, comma-separated (e.g. 'iris,fraud-*' or '*')")],
+    actions: Annotated[str, typer.Option(help=f"comma-separated, of: {', '.join(ACTIONS)}")],
+    principal: Annotated[str, typer.Option(help=f"a principal, or {ANONYMOUS_NAME!r} for callers without a key")] = "",
+    role: Annotated[str, typer.Option(help="a role instead of a principal")] = "",
+    etcd: EtcdOption = DEFAULT_ETCD,
+) -> None:
+    """Add an allow rule; every router applies it within a second."""
+    if bool(principal) == bool(role):
+        raise InvalidArgument("give exactly one of --principal and --role")
+    if principal and principal != ANONYMOUS_NAME:
+        apikeys.check_name("principal", principal)
+    if role:
+        apikeys.check_name("role", role)
+    wanted = [a.strip() for a in actions.split(",") if a.strip()]
+    unknown = [a for a in wanted if a not in ACTIONS]
+    if unknown or not wanted:
+        raise InvalidArgument(f"unknown action {', '.join(unknown) or '(none given)'}; actions: {', '.join(ACTIONS)}")
+    patterns = [m.strip() for m in models.split(",") if m.strip()]
+    if not patterns:
+        raise InvalidArgument("give at least one model pattern")
+    rule = auth_pb2.AccessRule(id=secrets.token_hex(6), principal=principal, role=role, models=patterns,
+                               actions=wanted, created_unix_ms=int(time.time() * 1000))
+
+    async def put(client: aetcd.Client) -> None:
+        await client.put(keys.access_rule_key(rule.id), rule.SerializeToString())
+    with_etcd(etcd, put)
+    console.print(_rules_table([rule]))
+
+
+def _rules_table(rules: list[auth_pb2.AccessRule]) -> Table:
+    table = Table("rule", "who", "models", "actions", "created", title="allow rules")
+    for r in sorted(rules, key=lambda r: r.created_unix_ms):
+        table.add_row(r.id, f"principal {r.principal}" if r.principal else f"role {r.role}", ", ".join(r.models),
+                      ", ".join(r.actions), _when(r.created_unix_ms))
+    return table
+
+
+@policy_app.command("list")
+@cli_errors
+def list_rules(etcd: EtcdOption = DEFAULT_ETCD) -> None:
+    """List the allow rules (anything they do not allow is denied)."""
+    found = with_etcd(etcd, lambda c: read_records(c, keys.ACCESS_RULES, keys.parse_access_rule_key,
+                                                   auth_pb2.AccessRule))
+    console.print(_rules_table(list(found.values())))
+
+
+@policy_app.command("rm")
+@cli_errors
+def remove_rule(rule_id: Annotated[str, typer.Argument(help="the rule id (`policy list`)")],
+                etcd: EtcdOption = DEFAULT_ETCD) -> None:
+    """Remove an allow rule."""
+    _delete(etcd, keys.access_rule_key(rule_id), f"rule {rule_id!r}")
+    console.print(f"rule {rule_id} removed")
