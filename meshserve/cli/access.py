@@ -15,6 +15,7 @@ from meshserve.auth import apikeys
 from meshserve.auth.access import ACTIONS, ANONYMOUS_NAME
 from meshserve.cli.common import DEFAULT_ETCD, EtcdOption, cli_errors, console
 from meshserve.errors import InvalidArgument, NotFound
+from meshserve.names import check_model_name
 from meshserve.protos.meshserve.auth.v1 import auth_pb2
 from meshserve.registry import keys
 from meshserve.registry.etcd import read_records, with_etcd
@@ -131,3 +132,49 @@ def remove_rule(rule_id: Annotated[str, typer.Argument(help="the rule id (`polic
     """Remove an allow rule."""
     _delete(etcd, keys.access_rule_key(rule_id), f"rule {rule_id!r}")
     console.print(f"rule {rule_id} removed")
+
+
+@policy_app.command("rate")
+@cli_errors
+def set_rate(
+    principal: Annotated[str, typer.Option(help=f"a principal, or {ANONYMOUS_NAME!r}")],
+    calls_per_second: Annotated[float, typer.Option(min=0, help="sustained rate; 0 removes the limit")],
+    burst: Annotated[int, typer.Option(min=1, help="calls allowed at once above the rate")] = 10,
+    etcd: EtcdOption = DEFAULT_ETCD,
+) -> None:
+    """Limit PRINCIPAL's ModelInfer calls per router; over it, calls get RESOURCE_EXHAUSTED."""
+    if principal != ANONYMOUS_NAME:
+        apikeys.check_name("principal", principal)
+    limit = auth_pb2.RateLimit(principal=principal, calls_per_second=calls_per_second, burst=burst)
+
+    async def write(client: aetcd.Client) -> None:
+        if calls_per_second:
+            await client.put(keys.rate_limit_key(principal), limit.SerializeToString())
+        else:
+            await client.delete(keys.rate_limit_key(principal))
+    with_etcd(etcd, write)
+    console.print(f"{principal}: {f'{calls_per_second:g} calls/s, burst {burst}' if calls_per_second else 'no limit'}")
+
+
+@policy_app.command("model-limits")
+@cli_errors
+def set_model_limits(
+    model: Annotated[str, typer.Argument(help="model name")],
+    max_request_bytes: Annotated[int, typer.Option(min=0, help="largest request (0: no limit)")] = 0,
+    max_elements: Annotated[int, typer.Option(min=0, help="most tensor elements in one request")] = 0,
+    max_batch: Annotated[int, typer.Option(min=0, help="largest first dimension of an input")] = 0,
+    etcd: EtcdOption = DEFAULT_ETCD,
+) -> None:
+    """Set what one request to MODEL may carry (all zero removes the limits)."""
+    check_model_name(model)
+    limits = auth_pb2.ModelLimits(model=model, max_request_bytes=max_request_bytes, max_elements=max_elements,
+                                  max_batch=max_batch)
+
+    async def write(client: aetcd.Client) -> None:
+        if max_request_bytes or max_elements or max_batch:
+            await client.put(keys.model_limits_key(model), limits.SerializeToString())
+        else:
+            await client.delete(keys.model_limits_key(model))
+    with_etcd(etcd, write)
+    console.print(f"{model}: max request bytes {max_request_bytes or '-'}, max elements {max_elements or '-'}, "
+                  f"max batch {max_batch or '-'}")

@@ -70,6 +70,8 @@ class RegistryCache:
         # API keys (by key id) and access rules (by id); auth_revision counts their changes.
         self.api_keys: dict[str, auth_pb2.ApiKey] = {}
         self.access_rules: dict[str, auth_pb2.AccessRule] = {}
+        self.rate_limits: dict[str, auth_pb2.RateLimit] = {}
+        self.model_limits: dict[str, auth_pb2.ModelLimits] = {}
         self.auth_revision = 0
         # Records kept one per model: (key parser, where they go, their message type).
         self._model_records: tuple[tuple[Callable[[bytes], str | None], dict[str, Any], Any], ...] = (
@@ -78,6 +80,8 @@ class RegistryCache:
             (keys.parse_pipeline_key, self.pipelines, pb.Pipeline),
             (keys.parse_api_key_key, self.api_keys, auth_pb2.ApiKey),
             (keys.parse_access_rule_key, self.access_rules, auth_pb2.AccessRule),
+            (keys.parse_rate_limit_key, self.rate_limits, auth_pb2.RateLimit),
+            (keys.parse_model_limits_key, self.model_limits, auth_pb2.ModelLimits),
         )
         # Models whose last placement left (a runtime died or stopped), with when: callers
         # get UNAVAILABLE (try again) for them rather than NOT_FOUND.

@@ -10,6 +10,8 @@ ROUTES = ROOT + "routes/"
 PIPELINES = ROOT + "pipelines/"
 API_KEYS = ROOT + "keys/"
 ACCESS_RULES = ROOT + "access/"
+RATE_LIMITS = ROOT + "rate-limits/"
+MODEL_LIMITS = ROOT + "model-limits/"
 
 
 def runtime_key(runtime_id: str) -> bytes:
@@ -24,6 +26,12 @@ def _text(key: bytes) -> str:
     return key.decode(errors="replace")
 
 
+def _after(prefix: str, key: bytes) -> str | None:
+    """The name a key holds under ``prefix``, or None for keys of other kinds."""
+    text = _text(key)
+    return text[len(prefix):] if text.startswith(prefix) else None
+
+
 def parse_placement_key(key: bytes) -> tuple[str, str, str] | None:
     """Return (model, version, runtime id) of a placement key, or None for other keys."""
     text = _text(key)
@@ -34,8 +42,7 @@ def parse_placement_key(key: bytes) -> tuple[str, str, str] | None:
 
 
 def parse_runtime_key(key: bytes) -> str | None:
-    text = _text(key)
-    return text[len(RUNTIMES):] if text.startswith(RUNTIMES) else None
+    return _after(RUNTIMES, key)
 
 
 def audit_policy_key(model: str) -> bytes:
@@ -43,8 +50,7 @@ def audit_policy_key(model: str) -> bytes:
 
 
 def parse_audit_policy_key(key: bytes) -> str | None:
-    text = _text(key)
-    return text[len(AUDIT_POLICIES):] if text.startswith(AUDIT_POLICIES) else None
+    return _after(AUDIT_POLICIES, key)
 
 
 def route_key(model: str) -> bytes:
@@ -52,8 +58,7 @@ def route_key(model: str) -> bytes:
 
 
 def parse_route_key(key: bytes) -> str | None:
-    text = _text(key)
-    return text[len(ROUTES):] if text.startswith(ROUTES) else None
+    return _after(ROUTES, key)
 
 
 def pipeline_key(name: str) -> bytes:
@@ -61,8 +66,7 @@ def pipeline_key(name: str) -> bytes:
 
 
 def parse_pipeline_key(key: bytes) -> str | None:
-    text = _text(key)
-    return text[len(PIPELINES):] if text.startswith(PIPELINES) else None
+    return _after(PIPELINES, key)
 
 
 def api_key_key(key_id: str) -> bytes:
@@ -70,8 +74,7 @@ def api_key_key(key_id: str) -> bytes:
 
 
 def parse_api_key_key(key: bytes) -> str | None:
-    text = _text(key)
-    return text[len(API_KEYS):] if text.startswith(API_KEYS) else None
+    return _after(API_KEYS, key)
 
 
 def access_rule_key(rule_id: str) -> bytes:
@@ -79,5 +82,20 @@ def access_rule_key(rule_id: str) -> bytes:
 
 
 def parse_access_rule_key(key: bytes) -> str | None:
-    text = _text(key)
-    return text[len(ACCESS_RULES):] if text.startswith(ACCESS_RULES) else None
+    return _after(ACCESS_RULES, key)
+
+
+def rate_limit_key(principal: str) -> bytes:
+    return (RATE_LIMITS + principal).encode()
+
+
+def parse_rate_limit_key(key: bytes) -> str | None:
+    return _after(RATE_LIMITS, key)
+
+
+def model_limits_key(model: str) -> bytes:
+    return (MODEL_LIMITS + model).encode()
+
+
+def parse_model_limits_key(key: bytes) -> str | None:
+    return _after(MODEL_LIMITS, key)

@@ -15,6 +15,7 @@ import grpc
 from grpc.aio import ServicerContext as Context
 
 from meshserve.auth.access import Access
+from meshserve.auth.limits import RateLimiter, check_request
 from meshserve.errors import REFUSALS, MeshError, error_for
 from meshserve.protos.inference import grpc_service_pb2 as oip
 
@@ -60,13 +61,14 @@ class Forwarder:
     """Routes each call by the model name and version inside its bytes."""
 
     def __init__(self, resolver: Resolver, pool: ConnectionPool, eject_s: float, audit: CallAudit,
-                 access: Access) -> None:
+                 access: Access, rates: RateLimiter) -> None:
         self.resolver = resolver
         self.pool = pool
         self.eject_s = eject_s
         self.audit = audit
         self._shadows: set[asyncio.Task[None]] = set()
         self.access = access
+        self.rates = rates
 
     def unary(self, method: str, name_field: int = 1, version_field: int = 2, link_method: int = 0,
               audited: bool = False, mirrored: bool = False,
@@ -157,6 +159,8 @@ class Forwarder:
         eject_s = self.eject_s
         routed = self.resolver.cache.routes
         check = self.access.check
+        take = self.rates.take if action == "infer" else None
+        model_limits = self.resolver.cache.model_limits
         pipes = self.resolver.cache.pipelines if pipelines else {}
 
         async def forward(call: Call, request: bytes, time_remaining: Callable[[], float | None],
@@ -164,6 +168,10 @@ class Forwarder:
             call.model, call.requested_version = name, version = string_fields(request, name_field, version_field)
             if not call.trusted:
                 check(call.principal, name, action)
+                if take is not None:
+                    take(call.principal.name)
+                    if (limits := model_limits.get(name)) is not None:
+                        check_request(limits, request)
             precheck(name)
             if name in pipes and not call.parent_request_id:  # a step never runs a pipeline
                 return await runner.run(call, request, time_remaining, metadata)
@@ -268,6 +276,9 @@ class Forwarder:
                     try:
                         call.model, call.requested_version = name, version = string_fields(request, 1, 2)
                         self.access.check(principal, name, "infer")
+                        self.rates.take(principal.name)
+                        if (limits := self.resolver.cache.model_limits.get(name)) is not None:
+                            check_request(limits, request)
                         self.audit.precheck(name)
                         call.resolved_version, replicas = self.resolver.resolve(
                             name, version, metadata, principal.sticky_name)

@@ -11,10 +11,12 @@ import grpc
 from meshserve.audit.publisher import EventPublisher
 from meshserve.audit.spool import Spool
 from meshserve.auth.access import Access
+from meshserve.auth.limits import RateLimiter
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
 from meshserve.link import MODEL_INFER
 from meshserve.protos.inference import grpc_service_pb2 as oip
+from meshserve.protos.meshserve.auth.v1 import auth_pb2
 from meshserve.protos.meshserve.registry.v1 import registry_pb2_grpc
 from meshserve.registry.cache import RegistryCache
 from meshserve.settings import load_settings, setup_logging
@@ -60,7 +62,9 @@ class Router:
                                settings.audit_capture_max_bytes, settings.audit_flush_s)
         self.access = Access(self.cache.api_keys, self.cache.access_rules, lambda: self.cache.auth_revision,
                              dev_mode=settings.dev_mode)
-        self.forwarder = Forwarder(resolver, self.pool, settings.eject_s, self.audit, self.access)
+        rates = RateLimiter(self.cache.rate_limits, auth_pb2.RateLimit(
+            calls_per_second=settings.rate_limit_per_s, burst=settings.rate_limit_burst))
+        self.forwarder = Forwarder(resolver, self.pool, settings.eject_s, self.audit, self.access, rates)
         mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s, self.access, self.audit)
         self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)
         fwd = self.forwarder

@@ -42,6 +42,10 @@ class RouterSettings(ServiceSettings):
     dev_mode: bool = Field(
         False, description="let callers without a key infer and read metadata of every model (local development only)"
     )
+    rate_limit_per_s: float = Field(
+        0.0, ge=0, description="calls per second each principal may make without a rate limit of its own (0: none)"
+    )
+    rate_limit_burst: int = Field(0, ge=0, description="calls a principal may make at once above its rate")
     eject_s: float = Field(
         2.0, description="how long a replica that failed with UNAVAILABLE is avoided when others exist"
     )

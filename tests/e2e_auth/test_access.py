@@ -160,3 +160,28 @@ def _refused(call: Callable[[], object], code: grpc.StatusCode) -> grpc.RpcError
     error = rpc_error(call)
     assert error.code() == code, error
     return error
+
+
+def test_rate_and_model_limits(mesh: LocalMesh, stub: oip_grpc.GRPCInferenceServiceStub) -> None:
+    token, _ = new_key(mesh, "dave")
+    assert meshserve(mesh, "policy", "allow", "--principal", "dave", "--models", "iris",
+                     "--actions", "infer").returncode == 0
+    assert meshserve(mesh, "policy", "rate", "--principal", "dave", "--calls-per-second", "2",
+                     "--burst", "3").returncode == 0
+    assert meshserve(mesh, "policy", "model-limits", "iris", "--max-batch", "4").returncode == 0
+    time.sleep(1.0)  # the limits reach the router's watch, and dave's bucket is full
+    codes = []
+    for _ in range(6):
+        try:
+            infer(stub, bearer(token))
+            codes.append("OK")
+        except grpc.RpcError as e:
+            codes.append(e.code().name)
+            assert "over its rate limit of 2 calls/s" in e.details()
+    assert codes[:3] == ["OK"] * 3 and "RESOURCE_EXHAUSTED" in codes[3:], codes
+    time.sleep(1.5)
+    big = build_request("iris", {"features": np.repeat(IRIS_ROWS[:1], 5, axis=0)})
+    error = rpc_error(lambda: infer(stub, bearer(token), big))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "batch of 5" in error.details()
+    assert meshserve(mesh, "policy", "rate", "--principal", "dave", "--calls-per-second", "0").returncode == 0
+    assert meshserve(mesh, "policy", "model-limits", "iris").returncode == 0

@@ -106,3 +106,66 @@ class AccessRule(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AccessRule: _TypeAlias = AccessRule  # noqa: Y015
+
+@_typing.final
+class RateLimit(_message.Message):
+    """A principal's call rate, stored at /meshserve/v1/rate-limits/<principal>: a token
+    bucket per router refilled at calls_per_second, holding at most burst calls.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    CALLS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    BURST_FIELD_NUMBER: _builtins.int
+    principal: _builtins.str
+    calls_per_second: _builtins.float
+    burst: _builtins.int
+    def __init__(
+        self,
+        *,
+        principal: _builtins.str = ...,
+        calls_per_second: _builtins.float = ...,
+        burst: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "calls_per_second", b"calls_per_second", "principal", b"principal"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RateLimit: _TypeAlias = RateLimit  # noqa: Y015
+
+@_typing.final
+class ModelLimits(_message.Message):
+    """What one request to a model may carry, stored at /meshserve/v1/model-limits/<model>.
+    Zero means no limit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MAX_REQUEST_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_ELEMENTS_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    max_request_bytes: _builtins.int
+    max_elements: _builtins.int
+    """Elements of all input tensors together."""
+    max_batch: _builtins.int
+    """The first dimension of any input."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        max_request_bytes: _builtins.int = ...,
+        max_elements: _builtins.int = ...,
+        max_batch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_batch", b"max_batch", "max_elements", b"max_elements", "max_request_bytes", b"max_request_bytes", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelLimits: _TypeAlias = ModelLimits  # noqa: Y015

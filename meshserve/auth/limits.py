@@ -1,0 +1,76 @@
+"""Limits the router enforces before forwarding: per-principal call rates, per-model request sizes.
+
+Rates are token buckets kept by each router (a principal spread over N routers may make
+up to N times its rate); sizes are checked on the request's bytes, and element counts and
+batch sizes on its tensor shapes, parsed only for models that set those limits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from google.protobuf.message import DecodeError
+
+from meshserve.errors import InvalidArgument, ResourceExhausted
+from meshserve.protos.inference import grpc_service_pb2 as oip
+from meshserve.protos.meshserve.auth.v1 import auth_pb2
+
+MAX_BUCKETS = 100_000
+
+
+class RateLimiter:
+    """One token bucket per principal; ``default`` applies to principals without a limit of their own."""
+
+    def __init__(self, limits: Mapping[str, auth_pb2.RateLimit], default: auth_pb2.RateLimit) -> None:
+        self.limits = limits
+        self.default = default
+        self._buckets: dict[str, tuple[float, float]] = {}  # principal -> (tokens, at)
+
+    def take(self, principal: str) -> None:
+        """Spend one call of ``principal``'s budget, or raise ResourceExhausted saying when to retry."""
+        limit = self.limits.get(principal, self.default)
+        rate, burst = limit.calls_per_second, max(limit.burst, 1)
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        tokens, at = self._buckets.get(principal, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._buckets[principal] = (tokens, now)
+            wait_ms = (1.0 - tokens) / rate * 1000
+            raise ResourceExhausted(f"principal {principal!r} is over its rate limit of {rate:g} calls/s "
+                                    f"(burst {burst}); retry in {wait_ms:.0f} ms")
+        if len(self._buckets) >= MAX_BUCKETS and principal not in self._buckets:
+            self._buckets.clear()  # a flood of names: start over rather than grow without bound
+        self._buckets[principal] = (tokens - 1.0, now)
+
+
+def check_request(limits: auth_pb2.ModelLimits, request: bytes) -> None:
+    """Refuse a ModelInfer request over the model's limits (ResourceExhausted or InvalidArgument)."""
+    model = limits.model
+    if limits.max_request_bytes and len(request) > limits.max_request_bytes:
+        raise ResourceExhausted(f"a request to {model!r} may carry at most {limits.max_request_bytes} bytes; "
+                                f"this one has {len(request)}")
+    if not (limits.max_elements or limits.max_batch):
+        return
+    try:
+        parsed = oip.ModelInferRequest.FromString(request)
+    except DecodeError as e:
+        raise InvalidArgument("request is not a valid ModelInferRequest protobuf message") from e
+    total = 0
+    for tensor in parsed.inputs:
+        count = 1
+        for dim in tensor.shape:
+            if dim < 0:
+                raise InvalidArgument(f"input {tensor.name!r} has a negative dimension {dim}")
+            count *= dim
+            if limits.max_elements and count > limits.max_elements:
+                break  # no need to multiply further (nor to overflow)
+        total += count
+        if limits.max_batch and tensor.shape and tensor.shape[0] > limits.max_batch:
+            raise InvalidArgument(f"input {tensor.name!r} has a batch of {tensor.shape[0]}; {model!r} takes at "
+                                  f"most {limits.max_batch}")
+        if limits.max_elements and total > limits.max_elements:
+            raise InvalidArgument(f"the inputs of this request hold more than {limits.max_elements} elements, "
+                                  f"the most {model!r} takes")
