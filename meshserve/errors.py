@@ -18,12 +18,24 @@ import grpc
 log = logging.getLogger(__name__)
 
 
+# Messages quote what callers sent (names, values); a hostile request must not make them huge.
+MAX_MESSAGE_CHARS = 1000
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``message``, cut to ``limit`` characters with a note of how much was left out."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message) - limit} more characters)"
+
+
 class MeshError(Exception):
-    """Base of every error meshserve reports to a caller."""
+    """Base of every error meshserve reports to a caller (its message at most about 1,000 characters)."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str) -> None:
+        message = bounded(message)
         super().__init__(message)
         self.message = message
 

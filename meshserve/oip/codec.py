@@ -37,6 +37,11 @@ def element_count(shape: Sequence[int], what: str) -> int:
 
 def decode_bytes_raw(raw: bytes, count: int, what: str) -> np.ndarray:
     """Decode length-prefixed BYTES raw contents into a 1-D object array of ``count``."""
+    if count * 4 > len(raw):  # before allocating: a declared shape must not cost memory the bytes lack
+        raise InvalidArgument(
+            f"{what}: malformed BYTES raw contents: {count} elements need at least {count * 4} bytes of "
+            f"lengths, but only {len(raw)} bytes came"
+        )
     out = np.empty(count, dtype=object)
     view = memoryview(raw)
     pos, end = 0, len(raw)
