@@ -9,6 +9,7 @@ from typing import Annotated
 
 import aetcd
 import typer
+from google.protobuf.message import Message
 from rich.table import Table
 
 from meshserve.auth import apikeys
@@ -36,6 +37,16 @@ def _delete(etcd: str, key: bytes, what: str) -> None:
     with_etcd(etcd, delete)
 
 
+def _store(etcd: str, key: bytes, record: Message | None) -> None:
+    """Write ``record`` at ``key``, or remove what is there when it is None."""
+    async def store(client: aetcd.Client) -> None:
+        if record is None:
+            await client.delete(key)
+        else:
+            await client.put(key, record.SerializeToString())
+    with_etcd(etcd, store)
+
+
 @keys_app.command("create")
 @cli_errors
 def create_key(
@@ -46,10 +57,7 @@ def create_key(
 ) -> None:
     """Create a key for PRINCIPAL and print it once: etcd keeps only a salted hash."""
     token, record = apikeys.create(principal, role or [], description)
-
-    async def put(client: aetcd.Client) -> None:
-        await client.put(keys.api_key_key(record.key_id), record.SerializeToString())
-    with_etcd(etcd, put)
+    _store(etcd, keys.api_key_key(record.key_id), record)
     console.print(f"key {record.key_id} for principal {principal!r}"
                   + (f" (roles: {', '.join(record.roles)})" if record.roles else "") + ". It is shown only now:")
     console.print(token, markup=False, soft_wrap=True)
@@ -101,10 +109,7 @@ def allow(
         raise InvalidArgument("give at least one model pattern")
     rule = auth_pb2.AccessRule(id=secrets.token_hex(6), principal=principal, role=role, models=patterns,
                                actions=wanted, created_unix_ms=int(time.time() * 1000))
-
-    async def put(client: aetcd.Client) -> None:
-        await client.put(keys.access_rule_key(rule.id), rule.SerializeToString())
-    with_etcd(etcd, put)
+    _store(etcd, keys.access_rule_key(rule.id), rule)
     console.print(_rules_table([rule]))
 
 
@@ -146,13 +151,7 @@ def set_rate(
     if principal != ANONYMOUS_NAME:
         apikeys.check_name("principal", principal)
     limit = auth_pb2.RateLimit(principal=principal, calls_per_second=calls_per_second, burst=burst)
-
-    async def write(client: aetcd.Client) -> None:
-        if calls_per_second:
-            await client.put(keys.rate_limit_key(principal), limit.SerializeToString())
-        else:
-            await client.delete(keys.rate_limit_key(principal))
-    with_etcd(etcd, write)
+    _store(etcd, keys.rate_limit_key(principal), limit if calls_per_second else None)
     console.print(f"{principal}: {f'{calls_per_second:g} calls/s, burst {burst}' if calls_per_second else 'no limit'}")
 
 
@@ -169,12 +168,6 @@ def set_model_limits(
     check_model_name(model)
     limits = auth_pb2.ModelLimits(model=model, max_request_bytes=max_request_bytes, max_elements=max_elements,
                                   max_batch=max_batch)
-
-    async def write(client: aetcd.Client) -> None:
-        if max_request_bytes or max_elements or max_batch:
-            await client.put(keys.model_limits_key(model), limits.SerializeToString())
-        else:
-            await client.delete(keys.model_limits_key(model))
-    with_etcd(etcd, write)
+    _store(etcd, keys.model_limits_key(model), limits if max_request_bytes or max_elements or max_batch else None)
     console.print(f"{model}: max request bytes {max_request_bytes or '-'}, max elements {max_elements or '-'}, "
                   f"max batch {max_batch or '-'}")
