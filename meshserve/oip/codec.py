@@ -19,18 +19,25 @@ from meshserve.oip.datatypes import DATATYPES, DataType, datatype_of
 from meshserve.protos.inference import grpc_service_pb2 as pb
 
 INT64_MAX = 2**63 - 1
+_MAX_EXTENT = INT64_MAX // 8  # numpy bounds size * itemsize; 8 bytes is the widest item here
 _LEN = struct.Struct("<I")
 _BYTES = DATATYPES["BYTES"]
 
 
 def element_count(shape: Sequence[int], what: str) -> int:
-    """Number of elements of ``shape``; InvalidArgument on a negative dim or overflow."""
+    """Number of elements of ``shape``; InvalidArgument on a negative dim or overflow.
+
+    A zero dimension makes the count zero, yet numpy still refuses a shape whose other
+    dimensions multiply past its byte limit, so those are bounded as well.
+    """
     count = 1
+    extent = 1  # product of the non-zero dimensions
     for dim in shape:
         if dim < 0:
             raise InvalidArgument(f"{what} has a negative dimension in shape {list(shape)}")
         count *= dim
-        if count > INT64_MAX:
+        extent *= max(dim, 1)
+        if extent > _MAX_EXTENT:
             raise InvalidArgument(f"{what} has shape {list(shape)} whose element count overflows int64")
     return count
 

@@ -111,6 +111,8 @@ def typed_request(datatype: str, shape: list[int], **contents: list[object]) -> 
     [
         (typed_request("FP32", [-1, 2], fp32_contents=[1, 2]), "negative dimension"),
         (typed_request("FP32", [2**40, 2**40]), "overflows int64"),
+        (typed_request("BOOL", [0, 1653, 5579777396766350]), "overflows int64"),  # zero elements, yet no array
+        (raw_request("FP64", [0, 2**61], b""), "overflows int64"),
         (typed_request("FP32", [3], fp32_contents=[1, 2]), r"needs 3 elements but fp32_contents holds 2"),
         (raw_request("FP32", [3], b"\x00" * 8), r"hold 8 bytes but shape \[3\] of FP32 needs 3 x 4 = 12"),
         (typed_request("FP8", [1]), "unknown datatype 'FP8'"),
