@@ -17,9 +17,12 @@ with inputs mapped from the pipeline's inputs or from earlier steps' outputs::
     outputs:
       - {name: probability, from: score.prob}
 
-:func:`check` refuses, with every reason at once, a pipeline whose steps name unknown
-models, form a cycle, map tensors that do not exist, or join tensors whose datatypes or
-shapes do not fit. It needs each step model's metadata, which the caller fetches.
+:func:`parse` turns a file into a record (the CLI does that); the router, which alone
+writes pipelines (``ApplyPipeline``, after checking the caller's ``admin`` action), checks
+the record again with :func:`check_fields` and then :func:`check`, which refuses, with
+every reason at once, a pipeline whose steps name unknown models, form a cycle, map
+tensors that do not exist, or join tensors whose datatypes or shapes do not fit. It needs
+each step model's metadata, which the router fetches.
 """
 
 from __future__ import annotations
@@ -30,17 +33,18 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import aetcd
 import grpc
 import yaml
 
-from meshserve.errors import InvalidArgument
+from meshserve import tls
+from meshserve.errors import InvalidArgument, NotFound, from_rpc_error
 from meshserve.names import check_model_name, check_version
 from meshserve.oip.datatypes import DATATYPES
 from meshserve.protos.inference import grpc_service_pb2 as oip
-from meshserve.protos.inference.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
+from meshserve.protos.meshserve.registry.v1.registry_pb2_grpc import RegistryServiceStub
 from meshserve.registry import keys
-from meshserve.registry.etcd import connect, read_records
 
 INPUTS = "inputs"
 MAX_STEPS = 64
@@ -56,14 +60,20 @@ def _fields(data: Any, where: str, allowed: Iterable[str]) -> dict[str, Any]:
     return data
 
 
+def _check_tensor(datatype: str, shape: Iterable[int], where: str) -> None:
+    if not all(d >= -1 for d in shape):
+        raise InvalidArgument(f"{where}: shape must be a list of sizes (-1 for any)")
+    if datatype not in DATATYPES:
+        raise InvalidArgument(f"{where}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+
+
 def _tensor(data: Any, where: str) -> pb.PipelineTensor:
     data = _fields(data, where, ("name", "datatype", "shape"))
     shape = data.get("shape", [-1])
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= -1 for d in shape):
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidArgument(f"{where}: shape must be a list of sizes (-1 for any)")
     datatype = str(data.get("datatype", ""))
-    if datatype not in DATATYPES:
-        raise InvalidArgument(f"{where}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+    _check_tensor(datatype, shape, where)
     return pb.PipelineTensor(name=str(data.get("name", "")), datatype=datatype, shape=shape)
 
 
@@ -97,6 +107,23 @@ def parse(text: str, source: str = "pipeline") -> pb.Pipeline:
 
 def load(path: Path) -> pb.Pipeline:
     return parse(path.read_text(), str(path))
+
+
+def check_fields(pipeline: pb.Pipeline) -> pb.Pipeline:
+    """``pipeline`` if a file could have held it (names, versions, datatypes, shapes, step count), else InvalidArgument.
+
+    :func:`parse` refuses all of these in a file; the router checks again what it is sent.
+    """
+    where = f"pipeline {pipeline.name!r}"
+    check_model_name(pipeline.name)
+    if not 1 <= len(pipeline.steps) <= MAX_STEPS:
+        raise InvalidArgument(f"{where}: steps must be a list of 1 to {MAX_STEPS} steps")
+    for i, t in enumerate(pipeline.inputs):
+        _check_tensor(t.datatype, t.shape, f"{where}: inputs[{i}]")
+    for step in pipeline.steps:
+        check_model_name(step.model)
+        check_version(step.version)
+    return pipeline
 
 
 def dependencies(pipeline: pb.Pipeline) -> dict[str, set[str]]:
@@ -191,32 +218,34 @@ def check(pipeline: pb.Pipeline, metadata: Metadata, models: Iterable[str], pipe
     return problems
 
 
-async def apply(pipeline: pb.Pipeline, *, router: str, etcd: str, timeout_s: float = 10.0) -> pb.Pipeline:
-    """Validate ``pipeline`` against the live mesh and store it; nothing is written when it does not fit.
+async def store(client: aetcd.Client, pipeline: pb.Pipeline, metadata: Metadata, models: Iterable[str],
+                pipelines: Iterable[str]) -> pb.Pipeline:
+    """Write ``pipeline`` (see :func:`check` for the arguments) once it checks clean; InvalidArgument listing
+    every problem otherwise, and nothing is written."""
+    problems = check(pipeline, metadata, models, pipelines)
+    if problems:
+        raise InvalidArgument(f"pipeline {pipeline.name!r} not applied:\n  " + "\n  ".join(problems))
+    pipeline.updated_at_unix_ms = int(time.time() * 1000)
+    await client.put(keys.pipeline_key(pipeline.name), pipeline.SerializeToString())
+    return pipeline
 
-    Step models' metadata comes from the router (so aliases resolve as calls would);
-    InvalidArgument lists every problem found.
+
+async def delete(client: aetcd.Client, name: str) -> None:
+    """Remove the pipeline ``name``; NotFound when there is none."""
+    if not await client.delete(keys.pipeline_key(check_model_name(name))):
+        raise NotFound(f"no pipeline named {name!r}")
+
+
+async def apply(pipeline: pb.Pipeline, *, router: str, timeout_s: float = 10.0) -> pb.Pipeline:
+    """Ask the router at ``router`` to check ``pipeline`` against the mesh and store it.
+
+    The call carries no API key (and this process's mesh certificate, when it has one); the
+    router's refusal comes back as the matching :class:`MeshError`.
     """
-    client = await connect(etcd, wait=3)
-    try:
-        stored = await read_records(client, keys.PIPELINES, keys.parse_pipeline_key, pb.Pipeline)
-        async with grpc.aio.insecure_channel(router) as channel:
-            stub = GRPCInferenceServiceStub(channel)
-            index = await stub.RepositoryIndex(oip.RepositoryIndexRequest(), timeout=timeout_s)
-            metadata: dict[str, oip.ModelMetadataResponse | str] = {}
-            for step in pipeline.steps:
-                try:
-                    metadata[step.name] = await stub.ModelMetadata(
-                        oip.ModelMetadataRequest(name=step.model, version=step.version), timeout=timeout_s)
-                except grpc.aio.AioRpcError as e:
-                    metadata[step.name] = f"{e.code().name}: {e.details()}"
-        pipelines = set(stored)
-        models = {m.name for m in index.models} - pipelines
-        problems = check(pipeline, metadata, models, pipelines)
-        if problems:
-            raise InvalidArgument(f"pipeline {pipeline.name!r} not applied:\n  " + "\n  ".join(problems))
-        pipeline.updated_at_unix_ms = int(time.time() * 1000)
-        await client.put(keys.pipeline_key(pipeline.name), pipeline.SerializeToString())
-        return pipeline
-    finally:
-        await client.close()
+    async with tls.aio_channel(router) as channel:
+        try:
+            response: pb.ApplyPipelineResponse = await RegistryServiceStub(channel).ApplyPipeline(
+                pb.ApplyPipelineRequest(pipeline=pipeline), timeout=timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from e
+    return response.pipeline

@@ -1,11 +1,13 @@
-"""Editing a model's route in etcd: aliases, default version, splits, sticky header, shadows.
+"""Changing a model's route: aliases, default version, splits, sticky header, shadows.
 
-A route is one etcd key per model, so a change is one atomic write; it is a
-compare-and-swap on the key's revision, retried when someone else wrote in between.
-Before writing, every version the new route points at is checked against the registry:
-it must exist, and an alias target, a split side, a pinned default and a shadow must be
-ready somewhere (``wait_s`` waits for that), so a switch only ever points at a version
-that can answer. Routers pick the change up from their watch within milliseconds.
+The router makes every change (``UpdateRoute``, after checking the caller's ``admin``
+action); the CLI only describes it. A route is one etcd key per model, so a change is
+one atomic write; it is a compare-and-swap on the key's revision, retried when someone
+else wrote in between. Before writing, every version the new route points at is checked
+against the registry: it must exist, and an alias target, a split side, a pinned default
+and a shadow must be ready somewhere (``wait_s`` waits for that), so a switch only ever
+points at a version that can answer. Routers pick the change up from their watch within
+milliseconds.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from meshserve.errors import FailedPrecondition, InvalidArgument, NotFound
 from meshserve.names import check_model_name, check_version, version_sort_key
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
-from meshserve.registry.etcd import read_records
 
 CAS_ATTEMPTS = 5
 
@@ -32,7 +33,17 @@ def parse_split(text: str) -> list[tuple[str, int]]:
         version, sep, weight = part.strip().partition("=")
         if not sep or not version.strip() or not weight.strip().isdigit():
             raise InvalidArgument(f"split {text!r}: write VERSION=WEIGHT pairs separated by commas, e.g. 1=90,2=10")
-        sides.append((check_version(version.strip()), int(weight)))
+        sides.append((version.strip(), int(weight)))
+    return check_split(sides)
+
+
+def check_split(sides: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """``sides``, once each names a valid version once and the weights sum to 100."""
+    text = ",".join(f"{v}={w}" for v, w in sides)
+    for version, _ in sides:
+        check_version(version)
+        if not version:
+            raise InvalidArgument(f"split {text!r}: every side needs a version or an alias")
     if len({v for v, _ in sides}) != len(sides):
         raise InvalidArgument(f"split {text!r} names a version twice")
     total = sum(w for _, w in sides)
@@ -91,21 +102,14 @@ async def read_route(client: aetcd.Client, model: str) -> tuple[pb.Route, int]:
     return pb.Route.FromString(found.value), found.mod_revision
 
 
-async def read_routes(client: aetcd.Client) -> dict[str, pb.Route]:
-    return await read_records(client, keys.ROUTES, keys.parse_route_key, pb.Route)
-
-
-async def placements_of(client: aetcd.Client, model: str) -> list[pb.Placement]:
-    return [pb.Placement.FromString(kv.value)
-            for kv in await client.get_prefix(f"{keys.PLACEMENTS}{model}/".encode())]
-
-
-async def update_route(client: aetcd.Client, model: str, change: Callable[[pb.Route], None], *,
-                       wait_s: float = 0.0) -> pb.Route:
+async def update_route(client: aetcd.Client, model: str, change: Callable[[pb.Route], None],
+                       placements: Callable[[], list[pb.Placement]], *, wait_s: float = 0.0) -> pb.Route:
     """Apply ``change`` to the model's route and write it, or raise saying why not.
 
-    NotFound: no runtime lists the model. FailedPrecondition: the new route points at a
-    version that is unknown or (after ``wait_s``) not ready. Nothing is written then.
+    ``placements`` gives the model's placements as the registry shows them now (the
+    router's cache). NotFound: no runtime lists the model. FailedPrecondition: the new
+    route points at a version that is unknown or (after ``wait_s``) not ready. Nothing
+    is written then.
     """
     check_model_name(model)
     deadline = time.monotonic() + wait_s
@@ -116,10 +120,10 @@ async def update_route(client: aetcd.Client, model: str, change: Callable[[pb.Ro
         change(route)
         route.model = model
         while True:
-            placements = await placements_of(client, model)
-            if not placements:
+            found = placements()
+            if not found:
                 raise NotFound(f"model {model!r} is not in the mesh: no runtime lists it")
-            problems = check_route(route, placements, before)
+            problems = check_route(route, found, before)
             if not problems or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.1)
@@ -165,6 +169,10 @@ def set_policy(default_version: str, splits: list[tuple[str, int]], sticky_heade
     check_version(default_version)
     for shadow in shadows:
         check_version(shadow)
+        if not shadow:
+            raise InvalidArgument("a shadow needs a version or an alias")
+    if splits:
+        check_split(splits)
     if (sticky_header or sticky_principal) and not splits:
         raise InvalidArgument("sticky assignment only makes sense with a split")
     if sticky_header != sticky_header.lower() or " " in sticky_header:

@@ -13,10 +13,13 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings
+
+from meshserve import tls
+from meshserve.errors import MeshError
 
 MiB = 1024 * 1024
 
@@ -33,10 +36,18 @@ class ServiceSettings(BaseSettings):
     announce_file: Path | None = Field(
         None, description="once serving, write {pid, address} as JSON to this file (for supervisors)"
     )
+    tls_ca: Path | None = Field(None, description="mesh CA certificate (PEM); with tls_cert and tls_key turns TLS on")
+    tls_cert: Path | None = Field(None, description="this service's certificate (PEM), from `meshserve certs issue`")
+    tls_key: Path | None = Field(None, description="this service's private key (PEM)")
+
+    # Runtimes answer mesh services only: with TLS on, a caller must present a mesh certificate.
+    require_client_cert: ClassVar[bool] = False
 
 
 class RuntimeSettings(ServiceSettings):
     """Fields every runtime has, beyond those of a service."""
+
+    require_client_cert: ClassVar[bool] = True
 
     lease_ttl_s: int = Field(5, ge=1, description="seconds the registry keeps this runtime after it dies")
     link_port: int = Field(
@@ -63,7 +74,17 @@ def load_settings(cls: type[S], argv: Sequence[str] | None = None, prog: str | N
             parser.add_argument(_flag(name), dest=name, default=None, help=help_text)
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
-    return cls(**overrides)
+    try:
+        settings = cls(**overrides)
+    except ValidationError as e:  # one line per problem, no traceback
+        parser.error("; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}"
+                               for err in e.errors()))
+    if isinstance(settings, ServiceSettings):
+        try:
+            tls.install(tls.from_paths(settings.tls_ca, settings.tls_cert, settings.tls_key))
+        except MeshError as e:
+            parser.error(e.message)
+    return settings
 
 
 def setup_logging(level: str) -> None:

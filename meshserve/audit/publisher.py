@@ -23,6 +23,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from meshserve import tls
 from meshserve.audit.spool import Spool, SpoolFull, read_segment
 from meshserve.audit.stream import BATCH_SUBJECT, ensure_stream
 from meshserve.errors import Unavailable
@@ -164,7 +165,7 @@ class EventPublisher:
                 nc = await nats.connect(self.nats_url, allow_reconnect=True, max_reconnect_attempts=-1,
                                         reconnect_time_wait=0.5, connect_timeout=2,
                                         reconnected_cb=self._on_reconnect, disconnected_cb=self._on_disconnect,
-                                        error_cb=self._on_error)
+                                        error_cb=self._on_error, **tls.nats_options(self.nats_url))
                 js = nc.jetstream()
                 await ensure_stream(js)
                 self._nc, self._js = nc, js

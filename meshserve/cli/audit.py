@@ -5,12 +5,16 @@
     meshserve audit tail                                # new calls as they are recorded
     meshserve audit verify                              # check the hash chain
     meshserve audit export --output trail.jsonl         # every matching record
+
+Calls carry ``$MESHSERVE_API_KEY``; the audit service shows the calls of the models the
+key may ``audit:read``, and ``verify`` needs ``audit:read`` on ``*``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import sys
 import time
@@ -25,7 +29,7 @@ from google.protobuf import json_format
 from rich.table import Table
 
 from meshserve.cli.audit_policy import policy_app
-from meshserve.cli.common import UserError, channel, cli_errors, console, fail
+from meshserve.cli.common import API_KEY_ENV, UserError, channel, cli_errors, console, fail
 from meshserve.errors import from_rpc_error
 from meshserve.protos.meshserve.audit.v1 import audit_pb2, audit_pb2_grpc
 
@@ -71,7 +75,11 @@ def parse_time(text: str, now_s: float | None = None) -> int:
 
 
 def audit_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """One line on stderr and exit 1 for an unreachable audit service or a refused request."""
+    """One line on stderr and exit 1 for an unreachable audit service or a refused request.
+
+    Every call goes through :func:`channel`, so it carries ``$MESHSERVE_API_KEY``: reading
+    the trail needs a key allowed ``audit:read`` (except on a dev-mode audit service).
+    """
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -82,6 +90,8 @@ def audit_errors(command: Callable[P, R]) -> Callable[P, R]:
             target = kwargs.get("audit", DEFAULT_AUDIT)
             if error.code == grpc.StatusCode.UNAVAILABLE:
                 fail(f"cannot reach the audit service at {target} (is it running?): {error.message}")
+            if error.code == grpc.StatusCode.UNAUTHENTICATED and not os.environ.get(API_KEY_ENV, "").strip():
+                fail(f"{error.code.name}: {error.message}; set {API_KEY_ENV} to a key allowed audit:read")
             fail(f"{error.code.name}: {error.message}")
 
     return cli_errors(wrapper)

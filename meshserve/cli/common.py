@@ -11,6 +11,7 @@ import grpc
 import typer
 from rich.console import Console
 
+from meshserve import tls
 from meshserve.errors import MeshError, from_rpc_error
 from meshserve.grpcutil.server import channel_options
 from meshserve.local.process import ProcessFailed
@@ -90,7 +91,10 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercepto
 
 
 def channel(target: str) -> grpc.Channel:
-    """A channel to a mesh service; calls carry the API key in $MESHSERVE_API_KEY, when set."""
-    plain = grpc.insecure_channel(target, options=channel_options(64 * MiB))
+    """A channel to a mesh service; calls carry the API key in $MESHSERVE_API_KEY, when set.
+
+    TLS with the mesh certificate in $MESHSERVE_TLS_CA/_CERT/_KEY, when set.
+    """
+    plain = tls.channel(target, options=channel_options(64 * MiB))
     key = os.environ.get(API_KEY_ENV, "").strip()
     return grpc.intercept_channel(plain, _Bearer(key)) if key else plain

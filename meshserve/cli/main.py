@@ -12,14 +12,18 @@
     meshserve pipeline apply examples/pipelines/sentiment.yaml
     meshserve keys create --principal alice   # an API key (printed once)
     meshserve policy allow --principal alice --models 'iris*' --actions infer,metadata
+    meshserve certs init tls/ && meshserve certs issue tls/ router   # the mesh CA, certificates
 """
 
 from __future__ import annotations
 
 import typer
 
+from meshserve import tls
 from meshserve.cli.access import keys_app, policy_app
 from meshserve.cli.audit import audit_app
+from meshserve.cli.certs import certs_app
+from meshserve.cli.common import cli_errors
 from meshserve.cli.infer import infer
 from meshserve.cli.pipelines import pipeline_app
 from meshserve.cli.registry import models, runtimes
@@ -34,6 +38,15 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+@cli_errors
+def _identity() -> None:
+    """Commands speak TLS when $MESHSERVE_TLS_CA, _CERT and _KEY name a mesh certificate."""
+    tls.install_from_env()
+
+
 app.command()(up)
 app.command()(models)
 app.command()(runtimes)
@@ -46,6 +59,7 @@ app.add_typer(route_app, name="route")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
+app.add_typer(certs_app, name="certs")
 
 
 if __name__ == "__main__":

@@ -1,21 +1,22 @@
-"""``meshserve pipeline``: apply, show and remove pipelines (kept in etcd, run by routers)."""
+"""``meshserve pipeline``: apply, show and remove pipelines (run by routers).
+
+Changes go through the router (``ApplyPipeline``, ``DeletePipeline``), which needs the
+``admin`` action on the pipeline's name (send a key in $MESHSERVE_API_KEY), checks the
+pipeline against the mesh and writes it to etcd.
+"""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Annotated
 
-import aetcd
 import typer
 from rich.table import Table
 
 from meshserve import pipelines
-from meshserve.cli.common import DEFAULT_ETCD, DEFAULT_ROUTER, EtcdOption, RouterOption, cli_errors, console
-from meshserve.errors import NotFound
+from meshserve.cli.common import DEFAULT_ROUTER, RouterOption, TimeoutOption, channel, cli_errors, console
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
-from meshserve.registry import keys
-from meshserve.registry.etcd import read_records, with_etcd
+from meshserve.protos.meshserve.registry.v1.registry_pb2_grpc import RegistryServiceStub
 
 pipeline_app = typer.Typer(help="Pipelines: named DAGs of model calls, called like a model.", no_args_is_help=True)
 
@@ -30,39 +31,45 @@ def _table(found: list[pb.Pipeline]) -> Table:
     return table
 
 
-async def _read(client: aetcd.Client) -> list[pb.Pipeline]:
-    return list((await read_records(client, keys.PIPELINES, keys.parse_pipeline_key, pb.Pipeline)).values())
-
-
-def _remove(etcd: str, name: str) -> None:
-    async def remove(client: aetcd.Client) -> None:
-        if not await client.delete(keys.pipeline_key(name)):
-            raise NotFound(f"no pipeline named {name!r}")
-    with_etcd(etcd, remove)
-
-
 @pipeline_app.command("apply")
 @cli_errors
 def apply(
     file: Annotated[Path, typer.Argument(help="pipeline YAML file", exists=True, dir_okay=False)],
     router: RouterOption = DEFAULT_ROUTER,
-    etcd: EtcdOption = DEFAULT_ETCD,
+    timeout: TimeoutOption = 30.0,
 ) -> None:
-    """Validate FILE against the running mesh and store it; every router serves it within a second."""
-    applied = asyncio.run(pipelines.apply(pipelines.load(file), router=router, etcd=etcd))
-    console.print(_table([applied]))
+    """Check FILE against the running mesh and store it; every router serves it within a second.
+
+    Needs admin on the pipeline's name and infer on every step's model.
+    """
+    pipeline = pipelines.load(file)  # a malformed file is refused here, before anything is sent
+    with channel(router) as ch:
+        response = RegistryServiceStub(ch).ApplyPipeline(pb.ApplyPipelineRequest(pipeline=pipeline),
+                                                         timeout=timeout)
+    console.print(_table([response.pipeline]))
 
 
 @pipeline_app.command("show")
 @cli_errors
-def show(name: Annotated[str, typer.Argument(help="only this pipeline")] = "", etcd: EtcdOption = DEFAULT_ETCD) -> None:
-    """Show the stored pipelines and their steps."""
-    console.print(_table([p for p in with_etcd(etcd, _read) if not name or p.name == name]))
+def show(
+    name: Annotated[str, typer.Argument(help="only this pipeline")] = "",
+    router: RouterOption = DEFAULT_ROUTER,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Show the pipelines you may read and their steps."""
+    with channel(router) as ch:
+        response = RegistryServiceStub(ch).ListModels(pb.ListModelsRequest(name=name), timeout=timeout)
+    console.print(_table(list(response.pipelines)))
 
 
 @pipeline_app.command("rm")
 @cli_errors
-def remove(name: Annotated[str, typer.Argument(help="pipeline name")], etcd: EtcdOption = DEFAULT_ETCD) -> None:
-    """Remove a pipeline; calls to it get NOT_FOUND."""
-    _remove(etcd, name)
+def remove(
+    name: Annotated[str, typer.Argument(help="pipeline name")],
+    router: RouterOption = DEFAULT_ROUTER,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Remove a pipeline; calls to it get NOT_FOUND. Needs admin on NAME."""
+    with channel(router) as ch:
+        RegistryServiceStub(ch).DeletePipeline(pb.DeletePipelineRequest(name=name), timeout=timeout)
     console.print(f"pipeline {name!r} removed")

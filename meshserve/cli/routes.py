@@ -1,17 +1,20 @@
-"""``meshserve alias`` and ``meshserve route``: which version each model's calls reach (kept in etcd)."""
+"""``meshserve alias`` and ``meshserve route``: which version each model's calls reach.
+
+Changes go through the router (``UpdateRoute``), which needs the ``admin`` action on the
+model (send a key in $MESHSERVE_API_KEY), checks the change and writes it to etcd.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from meshserve import routes
-from meshserve.cli.common import DEFAULT_ETCD, EtcdOption, cli_errors, console
+from meshserve.cli.common import DEFAULT_ROUTER, RouterOption, TimeoutOption, channel, cli_errors, console
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
-from meshserve.registry.etcd import with_etcd
+from meshserve.protos.meshserve.registry.v1.registry_pb2_grpc import RegistryServiceStub
 
 alias_app = typer.Typer(help="Named versions (stable, canary, ...) of a model.", no_args_is_help=True)
 route_app = typer.Typer(help="Traffic policy of a model: default version, weighted split, shadows.",
@@ -34,9 +37,21 @@ def _table(found: dict[str, pb.Route]) -> Table:
     return table
 
 
-def _update(etcd: str, model: str, change: Callable[[pb.Route], None], wait: float) -> None:
-    route = with_etcd(etcd, lambda client: routes.update_route(client, model, change, wait_s=wait))
-    console.print(_table({model: route}))
+def _update(router: str, request: pb.UpdateRouteRequest, wait: float, timeout: float) -> None:
+    """Send one change to the router; it waits up to ``wait`` seconds for the target to become ready."""
+    request.wait_ms = round(wait * 1000)
+    with channel(router) as ch:
+        response = RegistryServiceStub(ch).UpdateRoute(request, timeout=wait + timeout)
+    console.print(_table({request.model: response.route}))
+
+
+def _policy(default: str, split: str, sticky_header: str, sticky_principal: bool,
+            shadows: list[str]) -> pb.UpdateRouteRequest.SetPolicy:
+    sides = routes.parse_split(split) if split else []
+    routes.set_policy(default, sides, sticky_header, shadows, sticky_principal)  # refuse a bad one before sending
+    return pb.UpdateRouteRequest.SetPolicy(
+        default_version=default, splits=[pb.Split(version=v, weight=w) for v, w in sides],
+        sticky_header=sticky_header, sticky_principal=sticky_principal, shadows=shadows)
 
 
 @alias_app.command("set")
@@ -46,10 +61,12 @@ def set_alias(
     alias: Annotated[str, typer.Argument(help="alias name, e.g. stable or canary")],
     version: Annotated[str, typer.Argument(help="the version it stands for (must be ready)")],
     wait: WaitOption = 0.0,
-    etcd: EtcdOption = DEFAULT_ETCD,
+    router: RouterOption = DEFAULT_ROUTER,
+    timeout: TimeoutOption = 10.0,
 ) -> None:
-    """Point ALIAS of MODEL at VERSION; every router follows within a second."""
-    _update(etcd, model, routes.set_alias(alias, version), wait)
+    """Point ALIAS of MODEL at VERSION; every router follows within a second. Needs admin on MODEL."""
+    change = pb.UpdateRouteRequest.SetAlias(alias=alias, version=version)
+    _update(router, pb.UpdateRouteRequest(model=model, set_alias=change), wait, timeout)
 
 
 @alias_app.command("rm")
@@ -57,10 +74,12 @@ def set_alias(
 def remove_alias(
     model: Annotated[str, typer.Argument(help="model name")],
     alias: Annotated[str, typer.Argument(help="alias name")],
-    etcd: EtcdOption = DEFAULT_ETCD,
+    router: RouterOption = DEFAULT_ROUTER,
+    timeout: TimeoutOption = 10.0,
 ) -> None:
-    """Remove ALIAS of MODEL; calls naming it get NOT_FOUND."""
-    _update(etcd, model, routes.remove_alias(alias), 0.0)
+    """Remove ALIAS of MODEL; calls naming it get NOT_FOUND. Needs admin on MODEL."""
+    change = pb.UpdateRouteRequest.RemoveAlias(alias=alias)
+    _update(router, pb.UpdateRouteRequest(model=model, remove_alias=change), 0.0, timeout)
 
 
 @route_app.command("set")
@@ -74,26 +93,34 @@ def set_route(
         help="keep each authenticated principal on one side")] = False,
     shadow: Annotated[list[str] | None, typer.Option(help="mirror every call to this version (repeatable)")] = None,
     wait: WaitOption = 0.0,
-    etcd: EtcdOption = DEFAULT_ETCD,
+    router: RouterOption = DEFAULT_ROUTER,
+    timeout: TimeoutOption = 10.0,
 ) -> None:
-    """Set MODEL's traffic policy (replacing the previous one; aliases stay)."""
-    sides = routes.parse_split(split) if split else []
-    _update(etcd, model, routes.set_policy(default, sides, sticky_header, shadow or [], sticky_principal), wait)
+    """Set MODEL's traffic policy (replacing the previous one; aliases stay). Needs admin on MODEL."""
+    policy = _policy(default, split, sticky_header, sticky_principal, shadow or [])
+    _update(router, pb.UpdateRouteRequest(model=model, set_policy=policy), wait, timeout)
 
 
 @route_app.command("clear")
 @cli_errors
-def clear_route(model: Annotated[str, typer.Argument(help="model name")], etcd: EtcdOption = DEFAULT_ETCD) -> None:
-    """Back to the latest ready version, no split, no shadows (aliases stay)."""
-    _update(etcd, model, routes.set_policy("", [], "", []), 0.0)
+def clear_route(
+    model: Annotated[str, typer.Argument(help="model name")],
+    router: RouterOption = DEFAULT_ROUTER,
+    timeout: TimeoutOption = 10.0,
+) -> None:
+    """Back to the latest ready version, no split, no shadows (aliases stay). Needs admin on MODEL."""
+    _update(router, pb.UpdateRouteRequest(model=model, set_policy=pb.UpdateRouteRequest.SetPolicy()), 0.0, timeout)
 
 
 @route_app.command("show")
 @cli_errors
 def show_routes(
     model: Annotated[str, typer.Argument(help="only this model")] = "",
-    etcd: EtcdOption = DEFAULT_ETCD,
+    router: RouterOption = DEFAULT_ROUTER,
+    timeout: TimeoutOption = 10.0,
 ) -> None:
-    """Show every model's aliases and traffic policy (models without one go to their latest version)."""
-    found = with_etcd(etcd, routes.read_routes)
-    console.print(_table({m: r for m, r in found.items() if not model or m == model}))
+    """Show the aliases and traffic policy of every model you may read (models without one go to their latest
+    version)."""
+    with channel(router) as ch:
+        response = RegistryServiceStub(ch).ListRoutes(pb.ListRoutesRequest(model=model), timeout=timeout)
+    console.print(_table({r.model: r for r in response.routes}))

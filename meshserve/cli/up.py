@@ -35,14 +35,15 @@ IRIS_REQUEST = {
 }
 
 
-def grpcurl_command(router_address: str) -> str:
-    """A copy-and-paste grpcurl call of iris through the router."""
+def grpcurl_command(router_address: str, ca: Path | None = None) -> str:
+    """A copy-and-paste grpcurl call of iris through the router (over TLS trusting ``ca``, when given)."""
     venv_grpcurl = Path(sys.executable).parent / "grpcurl"
     exe = str(venv_grpcurl) if venv_grpcurl.exists() else "grpcurl"
     if Path(exe).is_relative_to(Path.cwd()):
         exe = os.path.relpath(exe)
     body = json.dumps(IRIS_REQUEST, separators=(",", ":"))
-    return shlex.join([exe, "-plaintext", "-d", body, router_address,
+    transport = ["-cacert", str(ca)] if ca else ["-plaintext"]
+    return shlex.join([exe, *transport, "-d", body, router_address,
                        "inference.GRPCInferenceService/ModelInfer"])
 
 
@@ -135,6 +136,8 @@ def up(
         Path | None, typer.Option(help="etcd data and logs (default: a temporary folder removed on exit)")
     ] = None,
     log_level: Annotated[str, typer.Option(help="log level of the services")] = "INFO",
+    tls: Annotated[bool, typer.Option(
+        help="TLS on every link, with a mesh CA and certificates made in <data-dir>/tls")] = False,
     announce_file: Annotated[
         Path | None, typer.Option(help="once up, write the addresses and child PIDs as JSON here")
     ] = None,
@@ -155,7 +158,7 @@ def up(
         runtime_port=runtime_port, data_dir=data_dir, log_level=log_level, audit_port=audit_port,
         nats_port=nats_port, audit=audit, triton_repository=triton_repository if triton else None,
         pipelines=tuple(pipeline if pipeline is not None else _example_pipelines(model_repository)),
-        dev_mode=dev_mode,
+        dev_mode=dev_mode, tls=tls,
     ))
     pids: dict[str, int] = {}
     exit_code = 0
@@ -175,11 +178,21 @@ def up(
         ]))
         console.print(f"logs: {mesh.log_dir}")
         if dev_mode:
-            console.print("[bold yellow]DEV MODE:[/] callers WITHOUT A KEY may infer and read metadata of every "
-                          "model, and services talk in plain text. Use --no-dev-mode to require API keys "
+            console.print("[bold yellow]DEV MODE:[/] callers WITHOUT A KEY may infer, read metadata and change the "
+                          "routes and pipelines of every model. Use --no-dev-mode to require API keys "
                           "(`meshserve keys create`).")
+        if tls:
+            ca, cert, key = mesh.tls_files("operator")
+            console.print(f"TLS on every link (mesh CA {ca}). Commands in another shell need the operator "
+                          "certificate:")
+            console.print(f"export MESHSERVE_TLS_CA={ca} MESHSERVE_TLS_CERT={cert} MESHSERVE_TLS_KEY={key}",
+                          markup=False, soft_wrap=True)
+        else:
+            console.print("[bold yellow]PLAIN TEXT:[/] services talk without TLS; pass --tls for a mesh CA and "
+                          "TLS on every link.")
         console.print("try:")
-        console.print(grpcurl_command(mesh.router_address), markup=False, soft_wrap=True)
+        console.print(grpcurl_command(mesh.router_address, mesh.tls_files("operator")[0] if tls else None),
+                      markup=False, soft_wrap=True)
         console.print("[bold]Ctrl-C to stop[/]")
         if announce_file is not None:
             _write_announce(announce_file, mesh)

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from meshserve import tls
 from meshserve.protos._pool import POOL
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,17 @@ class ServiceServer:
         )
         self.address = ""
 
-    def bind(self, host: str, port: int) -> str:
-        """Listen on host:port (port 0 picks a free one) and return the bound address."""
-        bound = self.server.add_insecure_port(f"{host}:{port}")
+    def bind(self, host: str, port: int, *, require_client_cert: bool = False) -> str:
+        """Listen on host:port (port 0 picks a free one) and return the bound address.
+
+        TLS when the process has a mesh identity (:mod:`meshserve.tls`); then, with
+        ``require_client_cert``, only callers holding a mesh certificate get in.
+        """
+        credentials = tls.server_credentials(require_client_cert=require_client_cert)
+        if credentials is None:
+            bound = self.server.add_insecure_port(f"{host}:{port}")
+        else:
+            bound = self.server.add_secure_port(f"{host}:{port}", credentials)
         if bound == 0:
             raise OSError(f"cannot listen on {host}:{port}: address in use or not allowed")
         self.address = f"{host}:{bound}"

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import grpc
 
+from meshserve import tls
 from meshserve.errors import DeadlineExceeded, Internal, Unavailable, error_for
 from meshserve.link import frames
 from meshserve.link.frames import FrameReader, ProtocolError
@@ -34,7 +35,9 @@ class LinkClient(frames.FramedProtocol):
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout_s):
-                _, client = await loop.create_connection(lambda: cls(address, max_message_bytes), host, int(port))
+                _, client = await loop.create_connection(
+                    lambda: cls(address, max_message_bytes), host, int(port),
+                    ssl=tls.client_context() if tls.enabled() else None)
         except (OSError, TimeoutError) as e:
             raise Unavailable(f"cannot connect to the mesh link at {address}: {e or type(e).__name__}") from e
         return client

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from meshserve import tls
 from meshserve.errors import MeshError
 from meshserve.link import frames
 from meshserve.link.frames import Frame, FrameReader, ProtocolError
@@ -111,9 +112,13 @@ class LinkServer:
 
 
 async def serve_link(host: str, port: int, handler: LinkHandler, max_message_bytes: int) -> LinkServer:
-    """Listen for mesh-link connections on host:port (0 picks a free port, see ``.address``)."""
+    """Listen for mesh-link connections on host:port (0 picks a free port, see ``.address``).
+
+    With a mesh identity the link is TLS and takes only callers with a mesh certificate.
+    """
     loop = asyncio.get_running_loop()
     max_length = max_message_bytes + frames.OVERHEAD
     connections: set[_Connection] = set()
-    server = await loop.create_server(lambda: _Connection(handler, max_length, connections), host, port)
+    server = await loop.create_server(lambda: _Connection(handler, max_length, connections), host, port,
+                                      ssl=tls.server_context(require_client_cert=True))
     return LinkServer(server, host, connections)

@@ -41,26 +41,34 @@ class EtcdServer:
     router rides out an etcd outage).
     """
 
-    def __init__(self, data_dir: Path, log_path: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, data_dir: Path, log_path: Path, host: str = "127.0.0.1",
+                 tls_files: tuple[Path, Path, Path] | None = None) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
         self.host = host
         self.port = 0
         self.process: ManagedProcess | None = None
+        self.tls_files = tls_files  # (CA, certificate, key): clients must then present a mesh certificate
 
     @property
     def endpoint(self) -> str:
-        return f"{self.host}:{self.port}"
+        """``host:port``, or ``https://host:port`` when clients must speak TLS."""
+        return f"{'https://' if self.tls_files else ''}{self.host}:{self.port}"
 
     def _argv(self, client_port: int, peer_port: int) -> list[str]:
-        client = f"http://{self.host}:{client_port}"
+        client = f"{'https' if self.tls_files else 'http'}://{self.host}:{client_port}"
         peer = f"http://{self.host}:{peer_port}"
-        return [
+        argv = [
             etcd_binary(), "--name", "meshserve-local", "--data-dir", str(self.data_dir / "etcd"),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"meshserve-local={peer}", "--log-level", "warn",
         ]
+        if self.tls_files:
+            ca, cert, key = self.tls_files
+            argv += ["--trusted-ca-file", str(ca), "--cert-file", str(cert), "--key-file", str(key),
+                     "--client-cert-auth"]
+        return argv
 
     def start(self, timeout: float = 20.0) -> None:
         attempts = 3

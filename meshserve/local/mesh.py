@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from meshserve import pipelines
-from meshserve.errors import MeshError
+from meshserve import pipelines, tls
+from meshserve.errors import REFUSALS, MeshError
 from meshserve.local import triton
 from meshserve.local.etcd import EtcdServer
 from meshserve.local.nats import NatsServer
 from meshserve.local.process import ManagedProcess, start_service
+from meshserve.tls import certs
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ DEFAULT_ROUTER_PORT = 8001
 DEFAULT_AUDIT_PORT = 8003
 DEFAULT_ETCD_PORT = 2379
 DEFAULT_NATS_PORT = 4222
+# Certificates a TLS mesh issues: one per service, and "operator" for commands run on this host.
+TLS_NAMES = ("etcd", "nats", "audit", "router", "runtime", "r-runtime", "triton", "triton-registrar", "operator")
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -70,6 +73,9 @@ class MeshConfig:
     pipelines: tuple[Path, ...] = ()
     # Dev mode: callers without a key may infer and read metadata of every model.
     dev_mode: bool = True
+    # TLS on every link: a mesh CA and a certificate per service in <data_dir>/tls, etcd and
+    # NATS requiring mesh certificates, runtimes taking calls from mesh services only.
+    tls: bool = False
     # Where the audit service stores the trail; default: SQLite in the data directory.
     audit_database: str | None = None
     # None: a temporary directory, removed on stop. Otherwise kept.
@@ -171,6 +177,31 @@ class LocalMesh:
         else:
             self.data_dir = self.config.data_dir
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.tls:
+            self._make_certificates()
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    def _make_certificates(self) -> None:
+        """The mesh CA (kept when the data directory already has one) and a certificate per service."""
+        if not (self.tls_dir / "ca.crt").exists():
+            certs.init_ca(self.tls_dir)
+        for name in TLS_NAMES:
+            certs.issue(self.tls_dir, name, (self.config.host, *certs.DEFAULT_HOSTS))
+        # This process calls the router and etcd too (pipelines); it does so as "operator".
+        tls.install(tls.from_paths(*self.tls_files("operator")))
+
+    def tls_files(self, name: str) -> tuple[Path, Path, Path]:
+        """(CA, certificate, key) of the mesh service ``name``."""
+        return self.tls_dir / "ca.crt", self.tls_dir / f"{name}.crt", self.tls_dir / f"{name}.key"
+
+    def _tls_flags(self, name: str) -> list[str]:
+        if not self.config.tls:
+            return []
+        ca, cert, key = self.tls_files(name)
+        return ["--tls-ca", str(ca), "--tls-cert", str(cert), "--tls-key", str(key)]
 
     def _port(self, wanted: int | None, usual: int) -> int:
         if wanted is None:
@@ -179,7 +210,8 @@ class LocalMesh:
 
     def _start_etcd(self) -> str:
         self._prepare_dir()
-        etcd = EtcdServer(self.data_dir, self.log_dir / "etcd.log", host=self.config.host)
+        etcd = EtcdServer(self.data_dir, self.log_dir / "etcd.log", host=self.config.host,
+                          tls_files=self.tls_files("etcd") if self.config.tls else None)
         etcd.port = self._port(self.config.etcd_port, DEFAULT_ETCD_PORT)
         self.etcd = etcd
         self._stops.append(("etcd", etcd.stop))
@@ -191,7 +223,8 @@ class LocalMesh:
     def _start_nats(self) -> str:
         # The broker only carries the audit trail here: inference on this host comes first.
         nats = NatsServer(self.data_dir, self.log_dir / "nats.log", host=self.config.host,
-                          port=self._port(self.config.nats_port, DEFAULT_NATS_PORT), nice=10)
+                          port=self._port(self.config.nats_port, DEFAULT_NATS_PORT), nice=10,
+                          tls_files=self.tls_files("nats") if self.config.tls else None)
         self.nats = nats
         self._stops.append(("nats", nats.stop))
         nats.start(timeout=self.config.start_timeout_s)
@@ -202,7 +235,8 @@ class LocalMesh:
     def _service(self, name: str, module: str, args: list[str]) -> dict[str, object]:
         """Start a meshserve service and wait for its announce file."""
         proc, info = start_service(
-            name, module, ["--host", self.config.host, "--log-level", self.config.log_level, *args], self.data_dir,
+            name, module, ["--host", self.config.host, "--log-level", self.config.log_level, *self._tls_flags(name),
+                           *args], self.data_dir,
             timeout=self.config.start_timeout_s, env=self.config.extra_env or None,
             log_path=self.log_dir / f"{name}.log",
         )
@@ -213,8 +247,10 @@ class LocalMesh:
 
     def _start_audit(self) -> str:
         database = self.config.audit_database or f"sqlite:///{self.data_dir / 'audit.db'}"
+        dev = ["--dev-mode"] if self.config.dev_mode else []
         self._service("audit", "meshserve.services.audit",
-                      ["--port", str(self.config.audit_port), "--nats-url", self.nats_url, "--database", database])
+                      ["--port", str(self.config.audit_port), "--nats-url", self.nats_url, "--database", database,
+                       "--etcd-endpoint", self.etcd_endpoint, *dev])
         return self.audit_address
 
     def _start_router(self) -> str:
@@ -242,7 +278,8 @@ class LocalMesh:
     def _start_triton(self) -> str:
         assert self.config.triton_repository is not None
         server = triton.TritonServer(self.config.triton_repository.resolve(), self.data_dir / "triton",
-                                     self.log_dir / "triton.log", host=self.config.host)
+                                     self.log_dir / "triton.log", host=self.config.host,
+                                     tls_files=self.tls_files("triton") if self.config.tls else None)
         self.triton = server
         self._stops.append(("triton", server.stop))
         server.start(timeout=self.config.start_timeout_s)
@@ -259,7 +296,11 @@ class LocalMesh:
         return self.triton.address
 
     def _apply_pipelines(self) -> str:
-        """Apply each pipeline file once its step models are ready (give up on one after 15 s)."""
+        """Apply each pipeline file through the router once its step models are ready (give up on one after 15 s).
+
+        The router applies them for a caller without a key: in dev mode it lets such callers
+        change pipelines; without dev mode it refuses, and the pipelines are not applied.
+        """
         applied = []
         for path in self.config.pipelines:
             pipeline = pipelines.load(path)
@@ -267,11 +308,11 @@ class LocalMesh:
             deadline = time.monotonic() + min(self.config.start_timeout_s, 15.0)
             while True:
                 try:
-                    asyncio.run(pipelines.apply(pipeline, router=self.router_address, etcd=self.etcd_endpoint))
+                    asyncio.run(pipelines.apply(pipeline, router=self.router_address))
                     applied.append(pipeline.name)
                     break
                 except MeshError as e:
-                    if time.monotonic() > deadline:
+                    if e.code in REFUSALS or time.monotonic() > deadline:
                         log.warning("pipeline %s not applied: %s", path, e.message)
                         break
                     time.sleep(0.2)
@@ -291,6 +332,8 @@ class LocalMesh:
             except Exception:  # keep stopping the others
                 log.exception("stopping %s failed", name)
         self._stops.clear()
+        if self.config.tls:
+            tls.install(None)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

@@ -34,8 +34,9 @@ class NatsServer:
     """nats-server -js on ``host``; restartable on the same port and store (for outage tests)."""
 
     def __init__(self, data_dir: Path, log_path: Path, host: str = "127.0.0.1", port: int = 0,
-                 nice: int = 0) -> None:
+                 nice: int = 0, tls_files: tuple[Path, Path, Path] | None = None) -> None:
         self.nice = nice
+        self.tls_files = tls_files  # (CA, certificate, key): clients must then present a mesh certificate
         self.data_dir = data_dir
         self.log_path = log_path
         self.host = host
@@ -44,7 +45,7 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{'tls' if self.tls_files else 'nats'}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 20.0) -> None:
         attempts = 1 if self.port else 3
@@ -52,6 +53,9 @@ class NatsServer:
             port = self.port or free_port(self.host)
             argv = [nats_binary(), "-js", "-a", self.host, "-p", str(port), "-sd", str(self.data_dir / "jetstream"),
                     "--server_name", "meshserve-local"]
+            if self.tls_files:
+                ca, cert, key = self.tls_files
+                argv += ["--tls", "--tlscert", str(cert), "--tlskey", str(key), "--tlsverify", "--tlscacert", str(ca)]
             process = ManagedProcess("nats", argv, self.log_path, nice=self.nice)
             process.start()
             try:
@@ -68,3 +72,10 @@ class NatsServer:
         if self.process is not None:
             self.process.stop()
             self.process = None
+
+    def __enter__(self) -> NatsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

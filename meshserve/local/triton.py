@@ -71,9 +71,9 @@ def prepare_backends(home: Path, target: Path) -> Path:
     return target
 
 
-def _ready(address: str) -> bool:
+def _ready(address: str, credentials: grpc.ChannelCredentials | None = None) -> bool:
     try:
-        with grpc.insecure_channel(address) as channel:
+        with (grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)) as channel:
             reply = GRPCInferenceServiceStub(channel).ServerReady(oip.ServerReadyRequest(), timeout=0.5)
             return bool(reply.ready)
     except grpc.RpcError:
@@ -88,7 +88,8 @@ class TritonServer:
     """
 
     def __init__(self, model_repository: Path, data_dir: Path, log_path: Path, *, host: str = "127.0.0.1",
-                 grpc_port: int = 0, explicit: bool = True, extra_args: tuple[str, ...] = ()) -> None:
+                 grpc_port: int = 0, explicit: bool = True, extra_args: tuple[str, ...] = (),
+                 tls_files: tuple[Path, Path, Path] | None = None) -> None:
         self.model_repository = model_repository
         self.data_dir = data_dir
         self.log_path = log_path
@@ -97,6 +98,7 @@ class TritonServer:
         self.http_port = 0
         self.explicit = explicit
         self.extra_args = extra_args
+        self.tls_files = tls_files  # (CA, certificate, key): gRPC callers must then present a mesh certificate
         self.process: ManagedProcess | None = None
 
     @property
@@ -115,6 +117,10 @@ class TritonServer:
         ]
         if self.explicit:
             argv += ["--model-control-mode=explicit", "--load-model=*"]
+        if self.tls_files:
+            ca, cert, key = self.tls_files
+            argv += ["--grpc-use-ssl=true", "--grpc-use-ssl-mutual=true", f"--grpc-root-cert={ca}",
+                     f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
         return argv + list(self.extra_args)
 
     def _env(self) -> dict[str, str]:
@@ -136,7 +142,7 @@ class TritonServer:
             process = ManagedProcess("tritonserver", self._argv(backends), self.log_path, env=self._env())
             process.start()
             try:
-                process.wait_until(functools.partial(_ready, self.address), timeout, "ready")
+                process.wait_until(functools.partial(_ready, self.address, self._credentials()), timeout, "ready")
             except ProcessFailed:
                 process.stop()
                 if fixed or attempt == attempts - 1:
@@ -145,6 +151,12 @@ class TritonServer:
                 continue
             self.process = process
             return
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.tls_files:
+            return None
+        ca, cert, key = (path.read_bytes() for path in self.tls_files)
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
     def kill(self) -> None:
         """SIGKILL Triton (tests simulate a crash); its Python-backend stubs exit with it."""

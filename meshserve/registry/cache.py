@@ -106,6 +106,13 @@ class RegistryCache:
         if self._client is not None:
             await self._client.close()
 
+    @property
+    def client(self) -> aetcd.Client:
+        """The etcd client the cache reads with, for the router's own writes (route and pipeline changes)."""
+        if self._client is None:
+            raise RuntimeError("the registry cache is not started")
+        return self._client
+
     # -- lookups -----------------------------------------------------------------------
 
     def model(self, name: str) -> ModelView | None:

@@ -9,18 +9,49 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aetcd
+import grpc
+from aetcd import rpc, watcher
 
+from meshserve import tls
 from meshserve.errors import Unavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+TLS_SCHEME = "https://"
+
+
 def split_endpoint(endpoint: str) -> tuple[str, int]:
+    """host and port of ``[http://|https://]host:port``."""
+    for scheme in ("http://", TLS_SCHEME):
+        endpoint = endpoint.removeprefix(scheme)
     host, _, port = endpoint.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"etcd endpoint {endpoint!r} is not host:port")
     return host, int(port)
+
+
+class _TlsClient(aetcd.Client):  # type: ignore[misc]
+    """An aetcd client speaking TLS with the process's mesh identity.
+
+    aetcd opens plain-text channels only; this swaps the channel (before any call is made
+    on it) for a TLS one and rebuilds the stubs on it.
+    """
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        await super().connect()
+        plain: grpc.aio.Channel = getattr(self, "channel")  # noqa: B009 - aetcd leaves it untyped
+        secure = tls.aio_channel(f"{self._host}:{self._port}", list(self._options.items()))
+        self.channel = secure
+        self.kvstub = rpc.KVStub(secure)
+        self.clusterstub = rpc.ClusterStub(secure)
+        self.leasestub = rpc.LeaseStub(secure)
+        self.maintenancestub = rpc.MaintenanceStub(secure)
+        self._watcher = watcher.Watcher(rpc.WatchStub(secure), timeout=self._timeout, metadata=self.metadata)
+        await plain.close()
 
 
 async def connect(endpoint: str, *, wait: float = 10.0, call_timeout: float = 5.0) -> aetcd.Client:
@@ -30,7 +61,8 @@ async def connect(endpoint: str, *, wait: float = 10.0, call_timeout: float = 5.
     service fails fast at start-up with a message that says what to fix.
     """
     host, port = split_endpoint(endpoint)
-    client = aetcd.Client(host=host, port=port, timeout=int(max(1, call_timeout)))
+    client_class = _TlsClient if endpoint.startswith(TLS_SCHEME) else aetcd.Client
+    client = client_class(host=host, port=port, timeout=int(max(1, call_timeout)))
     deadline = time.monotonic() + wait
     delay = 0.05
     while True:

@@ -96,7 +96,7 @@ class RuntimeServer:
         """Bind, start serving, register in etcd, then load the models ``load`` names."""
         to_load = self._models_to_load()
         await self.loader.start()
-        self.server.bind(self.settings.host, self.settings.port)
+        self.server.bind(self.settings.host, self.settings.port, require_client_cert=self.settings.require_client_cert)
         await self.server.start()
         if self.settings.link_port >= 0:
             self.link = await serve_link(self.settings.host, self.settings.link_port, self.servicer.link_handler,

@@ -23,6 +23,7 @@ import aetcd
 import grpc
 from tritonclient.grpc import service_pb2
 
+from meshserve import tls
 from meshserve.grpcutil.server import channel_options
 from meshserve.lifecycle import run_until_signalled
 from meshserve.protos.inference import grpc_service_pb2 as oip
@@ -71,7 +72,7 @@ class TritonRegistrar:
         self.settings = settings
         self.address = settings.triton_address
         self.runtime_id = settings.runtime_id or f"triton-{self.address.replace(':', '-')}"
-        self._channel = grpc.aio.insecure_channel(self.address, options=channel_options(settings.max_message_bytes))
+        self._channel = tls.aio_channel(self.address, channel_options(settings.max_message_bytes))
         self._triton = GRPCInferenceServiceStub(self._channel)
         self._registration: Registration | None = None
         self._published: Snapshot = {}

@@ -12,6 +12,7 @@ import nats
 from google.protobuf.message import DecodeError
 from nats.js import api
 
+from meshserve import tls
 from meshserve.audit.stream import BATCH_SUBJECT, STREAM, SUBJECTS, ensure_stream
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 
@@ -72,7 +73,8 @@ class Consumer:
             self._nc = None
 
     async def _run(self) -> None:
-        while True:
+        # Checked as well as cancelling: nats-py can swallow a cancellation that races a fetch's timeout.
+        while not self._stopping:
             try:
                 if self._nc is None or self._nc.is_closed:
                     self._nc = await self._connect()
@@ -99,6 +101,7 @@ class Consumer:
                     self.settings.nats_url, name="meshserve-audit", allow_reconnect=True,
                     max_reconnect_attempts=-1, reconnect_time_wait=RETRY_S, connect_timeout=2,
                     error_cb=self._nats_error, disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
+                    **tls.nats_options(self.settings.nats_url),
                 )
             except Exception as e:  # noqa: BLE001 - nats-py raises several types for "not reachable"
                 await self._nats_error(e)
@@ -136,7 +139,7 @@ class Consumer:
         return sub
 
     async def _pump(self, sub: Any) -> None:
-        while True:
+        while not self._stopping:
             try:
                 msgs = await sub.fetch(self.settings.batch_size, timeout=FETCH_TIMEOUT_S)
             except (TimeoutError, nats.errors.TimeoutError):

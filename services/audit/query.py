@@ -15,6 +15,26 @@ from .events import STATUS_CODES
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
 _TOKEN_PREFIX = "seq:"  # noqa: S105 - a page token, not a secret
+_WILDCARDS = frozenset("*?[")
+
+
+def like_pattern(pattern: str) -> str:
+    """A LIKE pattern (escape ``\\``) matching every name the shell-style ``pattern`` matches, maybe more.
+
+    ``*`` and ``?`` translate exactly; a ``[...]`` class and whatever follows it become
+    ``%``. SQLite's LIKE also ignores ASCII case. The servicer checks every row it returns
+    against the access rules themselves, so matching more only costs rows read.
+    """
+    out: list[str] = []
+    for char in pattern:
+        if char == "[":
+            out.append("%")
+            break
+        if char in "%_\\":
+            out.append("\\" + char)
+        else:
+            out.append({"*": "%", "?": "_"}.get(char, char))
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -28,6 +48,8 @@ class Filter:
     since_unix_nanos: int = 0
     until_unix_nanos: int = 0
     request_id: str = ""
+    # Shell-style patterns of the models the caller may read; None: every model.
+    readable: tuple[str, ...] | None = None
 
     def where(self) -> tuple[list[str], list[Any]]:
         """SQL conditions (``?`` placeholders) and their parameters."""
@@ -47,6 +69,12 @@ class Filter:
         if self.until_unix_nanos:
             clauses.append("start_unix_nanos < ?")
             params.append(self.until_unix_nanos)
+        if self.readable is not None:
+            names = [p for p in self.readable if not _WILDCARDS.intersection(p)]
+            likes = [like_pattern(p) for p in self.readable if _WILDCARDS.intersection(p)]
+            alternatives = ["model = ?"] * len(names) + ["model LIKE ? ESCAPE '\\'"] * len(likes)
+            clauses.append(f"({' OR '.join(alternatives)})" if alternatives else "1 = 0")
+            params += [*names, *likes]
         return clauses, params
 
 

@@ -7,11 +7,15 @@ import logging
 import os
 import sys
 
+from meshserve.auth.jwt_settings import verifier_from_settings
+from meshserve.errors import MeshError
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
 from meshserve.protos.meshserve.audit.v1 import audit_pb2_grpc
+from meshserve.registry.cache import RegistryCache
 from meshserve.settings import load_settings, setup_logging
 
+from .access import AuditAccess
 from .consumer import Consumer
 from .dialects import StoreError
 from .servicer import AuditServicer
@@ -24,28 +28,38 @@ AUDIT_SERVICE = "meshserve.audit.v1.AuditService"
 
 
 class AuditService:
-    """The store, the consumer feeding it and the gRPC server reading it, started and stopped together."""
+    """The store, the consumer feeding it, the keys and rules of who may read it and the gRPC server."""
 
     def __init__(self, settings: AuditSettings) -> None:
         self.settings = settings
         self.grpc = ServiceServer([AUDIT_SERVICE], max_message_bytes=settings.max_message_bytes)
         self.store: Store | None = None
         self.consumer: Consumer | None = None
+        # Only keys and rules are used, but the registry cache is the one tested watch-fed copy of them.
+        self.registry = RegistryCache(settings.etcd_endpoint) if settings.etcd_endpoint else None
+        self.access = AuditAccess(self.registry, dev_mode=settings.dev_mode, jwt=verifier_from_settings(settings))
 
     @property
     def address(self) -> str:
         return self.grpc.address
 
     async def start(self) -> None:
-        """Open the database (failing fast if it is unusable), serve, and start consuming in the background."""
+        """Open the database and load keys and rules (failing fast), serve, and start consuming in the background."""
         self.store = await asyncio.to_thread(Store.open, self.settings.database)
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.store), self.grpc.server)
+        if self.registry is not None:
+            await self.registry.start(wait=self.settings.etcd_wait_s)
+        elif not self.settings.dev_mode:
+            log.warning("no --etcd-endpoint: every Query and Verify is refused, since audit:read cannot be checked")
+        if self.settings.dev_mode:
+            log.warning("DEV MODE: callers WITHOUT A KEY may read and verify the WHOLE audit trail; "
+                        "never run the audit service with --dev-mode outside local development")
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.store, self.access), self.grpc.server)
         address = self.grpc.bind(self.settings.host, self.settings.port)
         await self.grpc.start()
         self.consumer = Consumer(self.store, self.settings)
         self.consumer.start()
-        log.info("audit service on %s (database %s, NATS %s)", address, self.store.dialect.describe(),
-                 self.settings.nats_url)
+        log.info("audit service on %s (database %s, NATS %s, etcd %s)", address, self.store.dialect.describe(),
+                 self.settings.nats_url, self.settings.etcd_endpoint or "none")
 
     def announcement(self) -> dict[str, str]:
         return {"address": self.address}
@@ -54,6 +68,8 @@ class AuditService:
         if self.consumer is not None:
             await self.consumer.stop()
         await self.grpc.stop(grace)
+        if self.registry is not None:
+            await self.registry.stop()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
 
@@ -74,6 +90,6 @@ def main(argv: list[str] | None = None) -> None:
         os.nice(settings.nice)
     try:
         asyncio.run(serve(settings))
-    except StoreError as e:
+    except (StoreError, MeshError) as e:  # an unusable database, etcd not answering
         log.error("%s", e)
         sys.exit(1)

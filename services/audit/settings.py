@@ -6,10 +6,11 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from meshserve.audit.stream import DEFAULT_MAX_AGE_S
+from meshserve.auth.jwt_settings import JwtSettings
 from meshserve.settings import ServiceSettings
 
 
-class AuditSettings(ServiceSettings):
+class AuditSettings(JwtSettings, ServiceSettings):
     """The meshserve audit service: stores every call event in a tamper-evident trail and answers queries."""
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_AUDIT_")
@@ -31,4 +32,11 @@ class AuditSettings(ServiceSettings):
     )
     ack_wait_s: float = Field(
         30.0, gt=0, description="seconds JetStream waits for an ack before redelivering an event"
+    )
+    etcd_endpoint: str = Field(
+        "", description='etcd host:port holding API keys and access rules, to check audit:read; '
+                        'without it every Query and Verify is refused (unless --dev-mode)',
+    )
+    dev_mode: bool = Field(
+        False, description="let callers without a key read the whole trail (local development only)"
     )

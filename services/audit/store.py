@@ -24,7 +24,7 @@ from .schema import migrations
 log = logging.getLogger(__name__)
 
 _INSERT_COLUMNS = ("sequence", *COLUMNS, "event", "prev_hash", "hash", "stored_unix_nanos")
-_RECORD_FIELDS = "sequence, event, hash, prev_hash, stored_unix_nanos"
+_RECORD_FIELDS = "sequence, event, hash, prev_hash, stored_unix_nanos, model"
 _VERIFY_CHUNK = 2000
 _ID_CHUNK = 500
 
@@ -44,6 +44,7 @@ class StoredRecord:
     hash: str
     prev_hash: str
     stored_unix_nanos: int
+    model: str  # the event's model, for checking who may read it
 
 
 @dataclass
@@ -217,7 +218,7 @@ class Store:
                f"ORDER BY sequence {order} LIMIT ?")
         with self._reader.transaction(self.dialect.begin_read) as conn:
             rows = conn.execute(self._q(sql), [*params, limit]).fetchall()
-        records = [StoredRecord(int(r[0]), bytes(r[1]), str(r[2]), str(r[3]), int(r[4])) for r in rows]
+        records = [StoredRecord(int(r[0]), bytes(r[1]), str(r[2]), str(r[3]), int(r[4]), str(r[5])) for r in rows]
         return records[::-1] if newest else records
 
     def quarantined(self) -> list[QuarantinedMessage]:

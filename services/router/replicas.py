@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 
+from meshserve import tls
 from meshserve.errors import Unavailable
 from meshserve.grpcutil.server import channel_options
 from meshserve.link import LinkClient
@@ -38,7 +39,7 @@ class Connection:
         self.replica = replica
         self.address = replica.address
         self.link_address = replica.link_address if use_link else ""
-        self.channel = grpc.aio.insecure_channel(replica.address, options=options)
+        self.channel = tls.aio_channel(replica.address, options)
         self.inflight = 0
         self.ejected_until = 0.0
         self._max_message_bytes = max_message_bytes

@@ -11,6 +11,7 @@ import grpc
 from meshserve.audit.publisher import EventPublisher
 from meshserve.audit.spool import Spool
 from meshserve.auth.access import Access
+from meshserve.auth.jwt_settings import verifier_from_settings
 from meshserve.auth.limits import RateLimiter
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
@@ -61,7 +62,7 @@ class Router:
         self.audit = CallAudit(publisher, self.cache.audit_policies, settings.router_id,
                                settings.audit_capture_max_bytes, settings.audit_flush_s)
         self.access = Access(self.cache.api_keys, self.cache.access_rules, lambda: self.cache.auth_revision,
-                             dev_mode=settings.dev_mode)
+                             dev_mode=settings.dev_mode, jwt=verifier_from_settings(settings))
         rates = RateLimiter(self.cache.rate_limits, auth_pb2.RateLimit(
             calls_per_second=settings.rate_limit_per_s, burst=settings.rate_limit_burst))
         self.forwarder = Forwarder(resolver, self.pool, settings.eject_s, self.audit, self.access, rates)
@@ -83,8 +84,8 @@ class Router:
             "RepositoryIndex": _typed(mesh.repository_index, oip.RepositoryIndexRequest),
         }
         self.grpc.server.add_registered_method_handlers(OIP_SERVICE, handlers)
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.cache, self.access),
-                                                                self.grpc.server)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(self.cache, self.access, self.audit, resolver, self.pool), self.grpc.server)
 
     @property
     def address(self) -> str:

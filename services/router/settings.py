@@ -9,10 +9,11 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from meshserve.auth.jwt_settings import JwtSettings
 from meshserve.settings import ServiceSettings
 
 
-class RouterSettings(ServiceSettings):
+class RouterSettings(JwtSettings, ServiceSettings):
     """The meshserve router: one Open Inference Protocol door to every model in the mesh."""
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_ROUTER_")

@@ -58,7 +58,9 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 def audit_settings(nats_url: str, database: str, **overrides: Any) -> AuditSettings:
-    return AuditSettings(port=0, nats_url=nats_url, database=database, ack_wait_s=2.0, **overrides)
+    """Settings of an in-process service; in dev mode (anyone reads) unless ``overrides`` say otherwise."""
+    return AuditSettings(**{"port": 0, "nats_url": nats_url, "database": database, "ack_wait_s": 2.0,
+                            "dev_mode": True, **overrides})
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from .helpers import encode, eventually, execute, make_event, publish
 def audit_process(folder: Path, name: str, nats_url: str, database: str) -> tuple[ManagedProcess, str]:
     proc, info = start_service(name, "meshserve.services.audit", [
         "--port", "0", "--nats-url", nats_url, "--database", database, "--ack-wait-s", "1", "--batch-size", "100",
-    ], folder, timeout=30)
+        "--dev-mode"], folder, timeout=30)
     return proc, str(info["address"])
 
 

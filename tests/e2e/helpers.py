@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -85,13 +85,13 @@ def _service(name: str, module: str, args: list[str], folder: Path, timeout: flo
 
 @contextmanager
 def runtime_process(repository: Path, etcd_endpoint: str, folder: Path, *, lease_ttl_s: int = 5,
-                    runtime_id: str | None = None,
+                    runtime_id: str | None = None, extra: Sequence[str] = (),
                     timeout: float = 60.0) -> Iterator[tuple[ManagedProcess, str, str]]:
     """A Python runtime process: yields (process, address, runtime id); stopped (or reaped) on exit."""
     runtime_id = runtime_id or f"e2e-{uuid.uuid4().hex[:8]}"
     proc, address = _service(f"runtime-{runtime_id}", "meshserve.runtimes.python", [
         "--model-repository", str(repository), "--etcd-endpoint", etcd_endpoint,
-        "--lease-ttl-s", str(lease_ttl_s), "--runtime-id", runtime_id,
+        "--lease-ttl-s", str(lease_ttl_s), "--runtime-id", runtime_id, *extra,
     ], folder, timeout)
     try:
         yield proc, address, runtime_id

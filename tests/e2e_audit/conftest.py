@@ -89,11 +89,15 @@ class AuditMesh:
         self.runtime_id = str(info["runtime_id"])
         self.router, self.router_address = self.start_router(self.router_data_dir)
 
-    def start_audit(self, database: str | None = None, name: str = "audit",
-                    *extra: str) -> tuple[ManagedProcess, str]:
-        """The audit service (on this mesh's SQLite file unless told otherwise)."""
+    def start_audit(self, database: str | None = None, name: str = "audit", *extra: str,
+                    dev_mode: bool = True) -> tuple[ManagedProcess, str]:
+        """The audit service (on this mesh's SQLite file unless told otherwise), reading keys and rules from etcd.
+
+        In dev mode, as ``meshserve up`` runs it, callers without a key may read the whole trail.
+        """
         proc, address, _ = start_service(name, "meshserve.services.audit", [
-            "--nats-url", self.nats.url, "--database", database or self.database, "--ack-wait-s", "2", *extra],
+            "--nats-url", self.nats.url, "--database", database or self.database, "--ack-wait-s", "2",
+            "--etcd-endpoint", self.etcd_endpoint, "--dev-mode" if dev_mode else "--no-dev-mode", *extra],
             self.folder)
         if name == "audit":
             self.audit, self.audit_address = proc, address

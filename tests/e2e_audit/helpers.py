@@ -154,7 +154,7 @@ def check_record(event: audit_pb2.CallEvent, want: Expected, window: tuple[int, 
 # -- reading the trail ---------------------------------------------------------------------
 
 
-def query(address: str, **filters: Any) -> list[audit_pb2.AuditRecord]:
+def query(address: str, *, metadata: Sequence[tuple[str, str]] = (), **filters: Any) -> list[audit_pb2.AuditRecord]:
     """Every record matching ``filters`` (QueryRequest fields), paging through, oldest first."""
     records: list[audit_pb2.AuditRecord] = []
     token = ""
@@ -162,7 +162,8 @@ def query(address: str, **filters: Any) -> list[audit_pb2.AuditRecord]:
         service = audit_pb2_grpc.AuditServiceStub(channel)
         while True:
             page_token = ""
-            for response in service.Query(audit_pb2.QueryRequest(limit=1000, page_token=token, **filters), timeout=10):
+            for response in service.Query(audit_pb2.QueryRequest(limit=1000, page_token=token, **filters), timeout=10,
+                                          metadata=metadata):
                 records.append(response.record)
                 page_token = response.next_page_token or page_token
             if not page_token:
@@ -170,10 +171,10 @@ def query(address: str, **filters: Any) -> list[audit_pb2.AuditRecord]:
             token = page_token
 
 
-def verify(address: str) -> audit_pb2.VerifyResponse:
+def verify(address: str, *, metadata: Sequence[tuple[str, str]] = ()) -> audit_pb2.VerifyResponse:
     with grpc.insecure_channel(address) as channel:
         response: audit_pb2.VerifyResponse = audit_pb2_grpc.AuditServiceStub(channel).Verify(
-            audit_pb2.VerifyRequest(), timeout=30)
+            audit_pb2.VerifyRequest(), timeout=30, metadata=metadata)
         return response
 
 

@@ -65,22 +65,32 @@ def infer(stub: oip_grpc.GRPCInferenceServiceStub, metadata: tuple[tuple[str, st
     return stub.ModelInfer(request, timeout=10, metadata=metadata)
 
 
-def audited(mesh: LocalMesh, request_id: str) -> audit_pb2.CallEvent:
+@pytest.fixture(scope="module")
+def auditor(mesh: LocalMesh) -> str:
+    """A key allowed to read the whole audit trail."""
+    token, _ = new_key(mesh, "auditor", "auditors")
+    done = meshserve(mesh, "policy", "allow", "--role", "auditors", "--models", "*", "--actions", "audit:read")
+    assert done.returncode == 0, done.stderr
+    return token
+
+
+def audited(mesh: LocalMesh, request_id: str, auditor: str) -> audit_pb2.CallEvent:
     def find() -> audit_pb2.CallEvent:
         with grpc.insecure_channel(mesh.audit_address) as channel:
             found = [r.record.event for r in audit_pb2_grpc.AuditServiceStub(channel).Query(
-                audit_pb2.QueryRequest(request_id=request_id, limit=10), timeout=10)]
+                audit_pb2.QueryRequest(request_id=request_id, limit=10), timeout=10, metadata=bearer(auditor))]
         assert found, request_id
         return found[0]
     return assert_eventually(find, timeout=15)
 
 
-def test_anonymous_calls_are_refused_and_audited(mesh: LocalMesh, stub: oip_grpc.GRPCInferenceServiceStub) -> None:
+def test_anonymous_calls_are_refused_and_audited(mesh: LocalMesh, stub: oip_grpc.GRPCInferenceServiceStub,
+                                                  auditor: str) -> None:
     request = build_request("iris", {"features": IRIS_ROWS[:1]}, request_id=f"anon-{time.time_ns()}")
     error = rpc_error(lambda: infer(stub, request=request))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "needs an API key" in error.details() and "meshserve keys create" in error.details()
-    event = audited(mesh, request.id)
+    event = audited(mesh, request.id, auditor)
     assert (event.principal, event.status_code) == ("anonymous", grpc.StatusCode.UNAUTHENTICATED.value[0])
     for call in (lambda: stub.ModelMetadata(oip.ModelMetadataRequest(name="iris"), timeout=5),
                  lambda: stub.ModelReady(oip.ModelReadyRequest(name="iris"), timeout=5)):
@@ -99,13 +109,14 @@ def test_forged_authorization_values_are_unauthenticated(stub: oip_grpc.GRPCInfe
     assert "ms_" in error.details() or "unknown or revoked" in error.details()
 
 
-def test_a_key_without_a_rule_is_permission_denied(mesh: LocalMesh, stub: oip_grpc.GRPCInferenceServiceStub) -> None:
+def test_a_key_without_a_rule_is_permission_denied(mesh: LocalMesh, stub: oip_grpc.GRPCInferenceServiceStub,
+                                                   auditor: str) -> None:
     token, _ = new_key(mesh, "mallory")
     request = build_request("iris", {"features": IRIS_ROWS[:1]}, request_id=f"denied-{time.time_ns()}")
     error = assert_eventually(lambda: _refused(lambda: infer(stub, bearer(token), request),
                                                grpc.StatusCode.PERMISSION_DENIED))
     assert "principal 'mallory' may not infer on 'iris'" in error.details()
-    event = audited(mesh, request.id)
+    event = audited(mesh, request.id, auditor)
     assert (event.principal, event.status_code) == ("mallory", grpc.StatusCode.PERMISSION_DENIED.value[0])
 
 

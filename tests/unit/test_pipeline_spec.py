@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from meshserve.errors import InvalidArgument
-from meshserve.pipelines import check, order, parse
+from meshserve.pipelines import check, check_fields, order, parse
 from meshserve.protos.inference import grpc_service_pb2 as oip
+from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 
 TENSOR = oip.ModelMetadataResponse.TensorMetadata
 FEATURES = oip.ModelMetadataResponse(name="f", inputs=[TENSOR(name="text", datatype="BYTES", shape=[-1])],
@@ -56,3 +57,21 @@ def test_type_and_mapping_problems() -> None:
     text = "\n".join(check(pipeline, {"a": FEATURES, "b": SCORE}, models={"f", "s"}, pipelines=set()))
     assert "input 'pos' is FP64 but 'inputs.text' is BYTES" in text
     assert "the model has no input 'extra'" in text
+
+
+def test_the_router_checks_a_record_as_a_file_would_be() -> None:
+    """A record sent to the router by another client gets the checks parse() makes on a file."""
+    assert check_fields(parse(GOOD)).name == "p"
+    for mangle, words in (
+        (lambda p: setattr(p, "name", "../p"), "invalid model name"),
+        (lambda p: p.steps[0].__setattr__("model", ""), "model name is empty"),
+        (lambda p: p.steps[0].__setattr__("version", "a/b"), "invalid model version"),
+        (lambda p: p.inputs[0].__setattr__("datatype", "TEXT"), "datatype 'TEXT'"),
+        (lambda p: p.inputs[0].shape.append(-2), "shape must be a list of sizes"),
+        (lambda p: p.ClearField("steps"), "steps must be a list of 1 to 64"),
+        (lambda p: p.steps.extend([pb.PipelineStep(name=f"s{i}", model="f") for i in range(64)]), "1 to 64"),
+    ):
+        pipeline = parse(GOOD)
+        mangle(pipeline)
+        with pytest.raises(InvalidArgument, match=words):
+            check_fields(pipeline)

@@ -6,10 +6,10 @@ import collections
 
 import pytest
 
-from meshserve.errors import InvalidArgument
+from meshserve.errors import InvalidArgument, NotFound
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry.cache import ModelView, Replica
-from meshserve.routes import check_route, parse_split
+from meshserve.routes import check_route, check_split, parse_split, remove_alias, set_alias, set_policy
 from meshserve.services.router import routes
 
 REPLICA = (Replica("rt", "python", "127.0.0.1:1", ""),)
@@ -52,6 +52,33 @@ def test_parse_split() -> None:
                        ("../x=100", "invalid model version")):
         with pytest.raises(InvalidArgument, match=words):
             parse_split(bad)
+
+
+def test_the_router_checks_changes_as_it_receives_them() -> None:
+    """What a client sends is checked again: splits, names, sticky assignment, aliases."""
+    assert check_split([("1", 90), ("2", 10)]) == [("1", 90), ("2", 10)]
+    for sides, words in (([("1", 60), ("2", 30)], "sum to 90"), ([("1", 50), ("1", 50)], "twice"),
+                         ([("", 100)], "needs a version"), ([("a/b", 100)], "invalid model version")):
+        with pytest.raises(InvalidArgument, match=words):
+            check_split(sides)
+    for args, words in (
+        (("", [("1", 60), ("2", 30)], "", []), "sum to 90"),
+        (("2", [], "x-user", []), "only makes sense with a split"),
+        (("2", [("1", 100)], "", []), "either a default version or a split"),
+        (("", [], "", [""]), "a shadow needs a version"),
+        (("../1", [], "", []), "invalid model version"),
+    ):
+        with pytest.raises(InvalidArgument, match=words):
+            set_policy(*args)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="needs a name and a version"):
+        set_alias("stable", "")
+    r = route(aliases={"stable": "1"}, default_version="stable", shadows=["2"])
+    set_policy("", [("1", 50), ("2", 50)], "", [], sticky_principal=True)(r)
+    assert (dict(r.aliases), r.default_version, list(r.shadows), r.sticky_principal) == ({"stable": "1"}, "", [],
+                                                                                         True)
+    remove_alias("stable")(r)
+    with pytest.raises(NotFound, match="has no alias 'stable'; aliases: none"):
+        remove_alias("stable")(r)
 
 
 def test_check_route_only_checks_what_changes() -> None:

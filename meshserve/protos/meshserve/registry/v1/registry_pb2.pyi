@@ -223,7 +223,7 @@ Global___Split: _TypeAlias = Split  # noqa: Y015
 @_typing.final
 class Pipeline(_message.Message):
     """A named DAG of model calls that callers call as one model, stored at
-    /meshserve/v1/pipelines/<name> by `meshserve pipeline apply` once validated.
+    /meshserve/v1/pipelines/<name> by the router (ApplyPipeline) once validated.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -539,3 +539,277 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class ListRoutesRequest(_message.Message):
+    """Request for ListRoutes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Only this model's route when set."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRoutesRequest: _TypeAlias = ListRoutesRequest  # noqa: Y015
+
+@_typing.final
+class ListRoutesResponse(_message.Message):
+    """Response for ListRoutes: models without a route are not listed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Route]: ...
+    def __init__(
+        self,
+        *,
+        routes: _abc.Iterable[Global___Route] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["routes", b"routes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRoutesResponse: _TypeAlias = ListRoutesResponse  # noqa: Y015
+
+@_typing.final
+class UpdateRouteRequest(_message.Message):
+    """Request for UpdateRoute: one change to one model's route."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SetAlias(_message.Message):
+        """Point an alias at a version (which must be ready)."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        ALIAS_FIELD_NUMBER: _builtins.int
+        VERSION_FIELD_NUMBER: _builtins.int
+        alias: _builtins.str
+        version: _builtins.str
+        def __init__(
+            self,
+            *,
+            alias: _builtins.str = ...,
+            version: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "version", b"version"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class RemoveAlias(_message.Message):
+        """Remove an alias (NOT_FOUND when the model has no such alias)."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        ALIAS_FIELD_NUMBER: _builtins.int
+        alias: _builtins.str
+        def __init__(
+            self,
+            *,
+            alias: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class SetPolicy(_message.Message):
+        """Replace the traffic policy; the aliases stay. An empty policy sends calls that name
+        no version to the latest ready version.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        DEFAULT_VERSION_FIELD_NUMBER: _builtins.int
+        SPLITS_FIELD_NUMBER: _builtins.int
+        STICKY_HEADER_FIELD_NUMBER: _builtins.int
+        STICKY_PRINCIPAL_FIELD_NUMBER: _builtins.int
+        SHADOWS_FIELD_NUMBER: _builtins.int
+        default_version: _builtins.str
+        """A version or an alias; not with splits."""
+        sticky_header: _builtins.str
+        sticky_principal: _builtins.bool
+        @_builtins.property
+        def splits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Split]:
+            """Weights sum to 100."""
+
+        @_builtins.property
+        def shadows(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+        def __init__(
+            self,
+            *,
+            default_version: _builtins.str = ...,
+            splits: _abc.Iterable[Global___Split] | None = ...,
+            sticky_header: _builtins.str = ...,
+            sticky_principal: _builtins.bool = ...,
+            shadows: _abc.Iterable[_builtins.str] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["default_version", b"default_version", "shadows", b"shadows", "splits", b"splits", "sticky_header", b"sticky_header", "sticky_principal", b"sticky_principal"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    SET_ALIAS_FIELD_NUMBER: _builtins.int
+    REMOVE_ALIAS_FIELD_NUMBER: _builtins.int
+    SET_POLICY_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    wait_ms: _builtins.int
+    """How long to wait for the versions the new route points at to become ready before
+    refusing the change (capped by the call's deadline); 0: refuse at once.
+    """
+    @_builtins.property
+    def set_alias(self) -> Global___UpdateRouteRequest.SetAlias: ...
+    @_builtins.property
+    def remove_alias(self) -> Global___UpdateRouteRequest.RemoveAlias: ...
+    @_builtins.property
+    def set_policy(self) -> Global___UpdateRouteRequest.SetPolicy: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        set_alias: Global___UpdateRouteRequest.SetAlias | None = ...,
+        remove_alias: Global___UpdateRouteRequest.RemoveAlias | None = ...,
+        set_policy: Global___UpdateRouteRequest.SetPolicy | None = ...,
+        wait_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "remove_alias", b"remove_alias", "set_alias", b"set_alias", "set_policy", b"set_policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "model", b"model", "remove_alias", b"remove_alias", "set_alias", b"set_alias", "set_policy", b"set_policy", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_change: _TypeAlias = _typing.Literal["set_alias", "remove_alias", "set_policy"]  # noqa: Y015
+    _WhichOneofArgType_change: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_change) -> _WhichOneofReturnType_change | None: ...
+
+Global___UpdateRouteRequest: _TypeAlias = UpdateRouteRequest  # noqa: Y015
+
+@_typing.final
+class UpdateRouteResponse(_message.Message):
+    """Response for UpdateRoute."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def route(self) -> Global___Route:
+        """The route as written (the router follows it before answering)."""
+
+    def __init__(
+        self,
+        *,
+        route: Global___Route | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRouteResponse: _TypeAlias = UpdateRouteResponse  # noqa: Y015
+
+@_typing.final
+class ApplyPipelineRequest(_message.Message):
+    """Request for ApplyPipeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PIPELINE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pipeline(self) -> Global___Pipeline:
+        """As parsed from a pipeline file; outputs' datatypes and shapes are filled in by the router."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: Global___Pipeline | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyPipelineRequest: _TypeAlias = ApplyPipelineRequest  # noqa: Y015
+
+@_typing.final
+class ApplyPipelineResponse(_message.Message):
+    """Response for ApplyPipeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PIPELINE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pipeline(self) -> Global___Pipeline:
+        """The pipeline as stored."""
+
+    def __init__(
+        self,
+        *,
+        pipeline: Global___Pipeline | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pipeline", b"pipeline"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyPipelineResponse: _TypeAlias = ApplyPipelineResponse  # noqa: Y015
+
+@_typing.final
+class DeletePipelineRequest(_message.Message):
+    """Request for DeletePipeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePipelineRequest: _TypeAlias = DeletePipelineRequest  # noqa: Y015
+
+@_typing.final
+class DeletePipelineResponse(_message.Message):
+    """Response for DeletePipeline."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePipelineResponse: _TypeAlias = DeletePipelineResponse  # noqa: Y015

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class RegistryServiceStub:
-    """Read-only view of the registry as one router sees it.
+    """The registry as one router sees it, and the one door through which routes, aliases
+    and pipelines change: the router checks the caller's `admin` action on the model (or
+    pipeline) name, checks the change against the registry and writes it to etcd.
     """
 
     def __init__(self, channel):
@@ -45,10 +47,32 @@ class RegistryServiceStub:
                 request_serializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ListRoutes = channel.unary_unary(
+                '/meshserve.registry.v1.RegistryService/ListRoutes',
+                request_serializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.ListRoutesRequest.SerializeToString,
+                response_deserializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.ListRoutesResponse.FromString,
+                _registered_method=True)
+        self.UpdateRoute = channel.unary_unary(
+                '/meshserve.registry.v1.RegistryService/UpdateRoute',
+                request_serializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.UpdateRouteRequest.SerializeToString,
+                response_deserializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.UpdateRouteResponse.FromString,
+                _registered_method=True)
+        self.ApplyPipeline = channel.unary_unary(
+                '/meshserve.registry.v1.RegistryService/ApplyPipeline',
+                request_serializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.ApplyPipelineRequest.SerializeToString,
+                response_deserializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.ApplyPipelineResponse.FromString,
+                _registered_method=True)
+        self.DeletePipeline = channel.unary_unary(
+                '/meshserve.registry.v1.RegistryService/DeletePipeline',
+                request_serializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.DeletePipelineRequest.SerializeToString,
+                response_deserializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.DeletePipelineResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
-    """Read-only view of the registry as one router sees it.
+    """The registry as one router sees it, and the one door through which routes, aliases
+    and pipelines change: the router checks the caller's `admin` action on the model (or
+    pipeline) name, checks the change against the registry and writes it to etcd.
     """
 
     def ListRuntimes(self, request, context):
@@ -60,6 +84,38 @@ class RegistryServiceServicer:
 
     def ListModels(self, request, context):
         """Every model version with the runtimes that hold it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRoutes(self, request, context):
+        """The routes of the models the caller may read (`metadata`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRoute(self, request, context):
+        """Change one model's route (needs `admin` on the model). The change is applied to the
+        route as stored, in one compare-and-swap retried when someone else wrote in between,
+        once every version it points at is known and ready: a refused change writes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyPipeline(self, request, context):
+        """Check a pipeline against the mesh and store it (needs `admin` on the pipeline's name
+        and `infer` on every step's model); every problem is listed at once, nothing is
+        written when there is one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePipeline(self, request, context):
+        """Remove a pipeline (needs `admin` on its name).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +134,26 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.FromString,
                     response_serializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.ListModelsResponse.SerializeToString,
             ),
+            'ListRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRoutes,
+                    request_deserializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.ListRoutesRequest.FromString,
+                    response_serializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.ListRoutesResponse.SerializeToString,
+            ),
+            'UpdateRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRoute,
+                    request_deserializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.UpdateRouteRequest.FromString,
+                    response_serializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.UpdateRouteResponse.SerializeToString,
+            ),
+            'ApplyPipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyPipeline,
+                    request_deserializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.ApplyPipelineRequest.FromString,
+                    response_serializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.ApplyPipelineResponse.SerializeToString,
+            ),
+            'DeletePipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePipeline,
+                    request_deserializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.DeletePipelineRequest.FromString,
+                    response_serializer=meshserve_dot_registry_dot_v1_dot_registry__pb2.DeletePipelineResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'meshserve.registry.v1.RegistryService', rpc_method_handlers)
@@ -87,7 +163,9 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RegistryService:
-    """Read-only view of the registry as one router sees it.
+    """The registry as one router sees it, and the one door through which routes, aliases
+    and pipelines change: the router checks the caller's `admin` action on the model (or
+    pipeline) name, checks the change against the registry and writes it to etcd.
     """
 
     @staticmethod
@@ -134,6 +212,114 @@ class RegistryService:
             '/meshserve.registry.v1.RegistryService/ListModels',
             meshserve_dot_registry_dot_v1_dot_registry__pb2.ListModelsRequest.SerializeToString,
             meshserve_dot_registry_dot_v1_dot_registry__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.registry.v1.RegistryService/ListRoutes',
+            meshserve_dot_registry_dot_v1_dot_registry__pb2.ListRoutesRequest.SerializeToString,
+            meshserve_dot_registry_dot_v1_dot_registry__pb2.ListRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.registry.v1.RegistryService/UpdateRoute',
+            meshserve_dot_registry_dot_v1_dot_registry__pb2.UpdateRouteRequest.SerializeToString,
+            meshserve_dot_registry_dot_v1_dot_registry__pb2.UpdateRouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyPipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.registry.v1.RegistryService/ApplyPipeline',
+            meshserve_dot_registry_dot_v1_dot_registry__pb2.ApplyPipelineRequest.SerializeToString,
+            meshserve_dot_registry_dot_v1_dot_registry__pb2.ApplyPipelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshserve.registry.v1.RegistryService/DeletePipeline',
+            meshserve_dot_registry_dot_v1_dot_registry__pb2.DeletePipelineRequest.SerializeToString,
+            meshserve_dot_registry_dot_v1_dot_registry__pb2.DeletePipelineResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class RegistryServiceStub:
-    """Read-only view of the registry as one router sees it."""
+    """The registry as one router sees it, and the one door through which routes, aliases
+    and pipelines change: the router checks the caller's `admin` action on the model (or
+    pipeline) name, checks the change against the registry and writes it to etcd.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -37,19 +40,53 @@ class RegistryServiceStub:
     """Every live runtime."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]
     """Every model version with the runtimes that hold it."""
+    ListRoutes: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListRoutesRequest, _registry_pb2.ListRoutesResponse]
+    """The routes of the models the caller may read (`metadata`)."""
+    UpdateRoute: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UpdateRouteRequest, _registry_pb2.UpdateRouteResponse]
+    """Change one model's route (needs `admin` on the model). The change is applied to the
+    route as stored, in one compare-and-swap retried when someone else wrote in between,
+    once every version it points at is known and ready: a refused change writes nothing.
+    """
+    ApplyPipeline: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ApplyPipelineRequest, _registry_pb2.ApplyPipelineResponse]
+    """Check a pipeline against the mesh and store it (needs `admin` on the pipeline's name
+    and `infer` on every step's model); every problem is listed at once, nothing is
+    written when there is one.
+    """
+    DeletePipeline: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeletePipelineRequest, _registry_pb2.DeletePipelineResponse]
+    """Remove a pipeline (needs `admin` on its name)."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
-    """Read-only view of the registry as one router sees it."""
+    """The registry as one router sees it, and the one door through which routes, aliases
+    and pipelines change: the router checks the caller's `admin` action on the model (or
+    pipeline) name, checks the change against the registry and writes it to etcd.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListRuntimes: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListRuntimesRequest, _registry_pb2.ListRuntimesResponse]  # type: ignore[assignment]
     """Every live runtime."""
     ListModels: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Every model version with the runtimes that hold it."""
+    ListRoutes: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListRoutesRequest, _registry_pb2.ListRoutesResponse]  # type: ignore[assignment]
+    """The routes of the models the caller may read (`metadata`)."""
+    UpdateRoute: _aio.UnaryUnaryMultiCallable[_registry_pb2.UpdateRouteRequest, _registry_pb2.UpdateRouteResponse]  # type: ignore[assignment]
+    """Change one model's route (needs `admin` on the model). The change is applied to the
+    route as stored, in one compare-and-swap retried when someone else wrote in between,
+    once every version it points at is known and ready: a refused change writes nothing.
+    """
+    ApplyPipeline: _aio.UnaryUnaryMultiCallable[_registry_pb2.ApplyPipelineRequest, _registry_pb2.ApplyPipelineResponse]  # type: ignore[assignment]
+    """Check a pipeline against the mesh and store it (needs `admin` on the pipeline's name
+    and `infer` on every step's model); every problem is listed at once, nothing is
+    written when there is one.
+    """
+    DeletePipeline: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeletePipelineRequest, _registry_pb2.DeletePipelineResponse]  # type: ignore[assignment]
+    """Remove a pipeline (needs `admin` on its name)."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Read-only view of the registry as one router sees it."""
+    """The registry as one router sees it, and the one door through which routes, aliases
+    and pipelines change: the router checks the caller's `admin` action on the model (or
+    pipeline) name, checks the change against the registry and writes it to etcd.
+    """
 
     @_abc_1.abstractmethod
     def ListRuntimes(
@@ -66,5 +103,43 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ListModelsResponse, _abc.Awaitable[_registry_pb2.ListModelsResponse]]:
         """Every model version with the runtimes that hold it."""
+
+    @_abc_1.abstractmethod
+    def ListRoutes(
+        self,
+        request: _registry_pb2.ListRoutesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListRoutesResponse, _abc.Awaitable[_registry_pb2.ListRoutesResponse]]:
+        """The routes of the models the caller may read (`metadata`)."""
+
+    @_abc_1.abstractmethod
+    def UpdateRoute(
+        self,
+        request: _registry_pb2.UpdateRouteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.UpdateRouteResponse, _abc.Awaitable[_registry_pb2.UpdateRouteResponse]]:
+        """Change one model's route (needs `admin` on the model). The change is applied to the
+        route as stored, in one compare-and-swap retried when someone else wrote in between,
+        once every version it points at is known and ready: a refused change writes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ApplyPipeline(
+        self,
+        request: _registry_pb2.ApplyPipelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ApplyPipelineResponse, _abc.Awaitable[_registry_pb2.ApplyPipelineResponse]]:
+        """Check a pipeline against the mesh and store it (needs `admin` on the pipeline's name
+        and `infer` on every step's model); every problem is listed at once, nothing is
+        written when there is one.
+        """
+
+    @_abc_1.abstractmethod
+    def DeletePipeline(
+        self,
+        request: _registry_pb2.DeletePipelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DeletePipelineResponse, _abc.Awaitable[_registry_pb2.DeletePipelineResponse]]:
+        """Remove a pipeline (needs `admin` on its name)."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
