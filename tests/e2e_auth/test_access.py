@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from e2e.helpers import IRIS_ROWS, assert_eventually, rpc_error
 
-from meshserve.local.mesh import LocalMesh, MeshConfig
+from e2e_auth.helpers import keyed_mesh, meshserve, new_key
+from meshserve.local.mesh import LocalMesh
 from meshserve.oip import build_request
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
 from meshserve.protos.meshserve.audit.v1 import audit_pb2, audit_pb2_grpc
 
-ROOT = Path(__file__).resolve().parents[2]
-MESHSERVE = str(Path(sys.executable).parent / "meshserve")
 IRIS = build_request("iris", {"features": IRIS_ROWS[:1]})
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    config = MeshConfig(model_repository=ROOT / "examples" / "models", dev_mode=False, r_runtime=False,
-                        router_port=0, etcd_port=0, nats_port=0, audit_port=0,
-                        data_dir=tmp_path_factory.mktemp("auth-mesh"))
-    with LocalMesh(config) as running:
+    with keyed_mesh(tmp_path_factory.mktemp("auth-mesh")) as running:
         yield running
 
 
@@ -38,22 +30,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
 def stub(mesh: LocalMesh) -> Iterator[oip_grpc.GRPCInferenceServiceStub]:
     with grpc.insecure_channel(mesh.router_address) as channel:
         yield oip_grpc.GRPCInferenceServiceStub(channel)
-
-
-def meshserve(mesh: LocalMesh, *args: str, key: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "MESHSERVE_ETCD": mesh.etcd_endpoint,
-           "MESHSERVE_ROUTER": mesh.router_address}
-    env.pop("MESHSERVE_API_KEY", None)
-    if key:
-        env["MESHSERVE_API_KEY"] = key
-    return subprocess.run([MESHSERVE, *args], capture_output=True, text=True, timeout=60, env=env, check=False)
-
-
-def new_key(mesh: LocalMesh, principal: str, *roles: str) -> tuple[str, str]:
-    done = meshserve(mesh, "keys", "create", "--principal", principal, *(f"--role={r}" for r in roles))
-    assert done.returncode == 0, done.stderr
-    token = next(line for line in done.stdout.splitlines() if line.startswith("ms_"))
-    return token, token.split("_")[1]
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:
@@ -68,7 +44,7 @@ def infer(stub: oip_grpc.GRPCInferenceServiceStub, metadata: tuple[tuple[str, st
 @pytest.fixture(scope="module")
 def auditor(mesh: LocalMesh) -> str:
     """A key allowed to read the whole audit trail."""
-    token, _ = new_key(mesh, "auditor", "auditors")
+    token = new_key(mesh, "auditor", "auditors")
     done = meshserve(mesh, "policy", "allow", "--role", "auditors", "--models", "*", "--actions", "audit:read")
     assert done.returncode == 0, done.stderr
     return token
@@ -111,7 +87,7 @@ def test_forged_authorization_values_are_unauthenticated(stub: oip_grpc.GRPCInfe
 
 def test_a_key_without_a_rule_is_permission_denied(mesh: LocalMesh, stub: oip_grpc.GRPCInferenceServiceStub,
                                                    auditor: str) -> None:
-    token, _ = new_key(mesh, "mallory")
+    token = new_key(mesh, "mallory")
     request = build_request("iris", {"features": IRIS_ROWS[:1]}, request_id=f"denied-{time.time_ns()}")
     error = assert_eventually(lambda: _refused(lambda: infer(stub, bearer(token), request),
                                                grpc.StatusCode.PERMISSION_DENIED))
@@ -121,8 +97,8 @@ def test_a_key_without_a_rule_is_permission_denied(mesh: LocalMesh, stub: oip_gr
 
 
 def test_rules_allow_by_principal_and_by_role(mesh: LocalMesh, stub: oip_grpc.GRPCInferenceServiceStub) -> None:
-    alice, _ = new_key(mesh, "alice")
-    bob, _ = new_key(mesh, "bob", "analysts")
+    alice = new_key(mesh, "alice")
+    bob = new_key(mesh, "bob", "analysts")
     assert meshserve(mesh, "policy", "allow", "--principal", "alice", "--models", "iris*",
                      "--actions", "infer,metadata").returncode == 0
     assert meshserve(mesh, "policy", "allow", "--role", "analysts", "--models", "text-*",
@@ -142,7 +118,8 @@ def test_rules_allow_by_principal_and_by_role(mesh: LocalMesh, stub: oip_grpc.GR
 
 def test_a_revoked_key_stops_working_within_a_second(mesh: LocalMesh,
                                                      stub: oip_grpc.GRPCInferenceServiceStub) -> None:
-    token, key_id = new_key(mesh, "carol")
+    token = new_key(mesh, "carol")
+    key_id = token.split("_")[1]
     assert meshserve(mesh, "policy", "allow", "--principal", "carol", "--models", "iris",
                      "--actions", "infer").returncode == 0
     assert_eventually(lambda: infer(stub, bearer(token)), retry_on=(grpc.RpcError,))
@@ -174,7 +151,7 @@ def _refused(call: Callable[[], object], code: grpc.StatusCode) -> grpc.RpcError
 
 
 def test_rate_and_model_limits(mesh: LocalMesh, stub: oip_grpc.GRPCInferenceServiceStub) -> None:
-    token, _ = new_key(mesh, "dave")
+    token = new_key(mesh, "dave")
     assert meshserve(mesh, "policy", "allow", "--principal", "dave", "--models", "iris",
                      "--actions", "infer").returncode == 0
     assert meshserve(mesh, "policy", "rate", "--principal", "dave", "--calls-per-second", "2",

@@ -7,9 +7,7 @@ which needs the ``admin`` action on the model or pipeline name.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,16 +16,15 @@ import grpc
 import pytest
 from e2e.helpers import assert_eventually, rpc_error
 
+from e2e_auth.helpers import keyed_mesh, meshserve, new_key
 from meshserve import routes
-from meshserve.local.mesh import LocalMesh, MeshConfig
+from meshserve.local.mesh import LocalMesh
 from meshserve.protos.meshserve.audit.v1 import audit_pb2, audit_pb2_grpc
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.protos.meshserve.registry.v1.registry_pb2_grpc import RegistryServiceStub
 from meshserve.registry import keys
 from meshserve.registry.etcd import connect
 
-ROOT = Path(__file__).resolve().parents[2]
-MESHSERVE = str(Path(sys.executable).parent / "meshserve")
 PIPELINE = """
 name: {name}
 inputs: [{{name: text, datatype: BYTES, shape: [-1]}}]
@@ -38,26 +35,8 @@ outputs: [{{name: pos, from: features.pos}}]
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    config = MeshConfig(model_repository=ROOT / "examples" / "models", dev_mode=False, r_runtime=False,
-                        router_port=0, etcd_port=0, nats_port=0, audit_port=0,
-                        data_dir=tmp_path_factory.mktemp("admin-mesh"))
-    with LocalMesh(config) as running:
+    with keyed_mesh(tmp_path_factory.mktemp("admin-mesh")) as running:
         yield running
-
-
-def meshserve(mesh: LocalMesh, *args: str, key: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "MESHSERVE_ETCD": mesh.etcd_endpoint,
-           "MESHSERVE_ROUTER": mesh.router_address}
-    env.pop("MESHSERVE_API_KEY", None)
-    if key:
-        env["MESHSERVE_API_KEY"] = key
-    return subprocess.run([MESHSERVE, *args], capture_output=True, text=True, timeout=60, env=env, check=False)
-
-
-def new_key(mesh: LocalMesh, principal: str) -> str:
-    done = meshserve(mesh, "keys", "create", "--principal", principal)
-    assert done.returncode == 0, done.stderr
-    return next(line for line in done.stdout.splitlines() if line.startswith("ms_"))
 
 
 def allow(mesh: LocalMesh, principal: str, models: str, actions: str) -> None:
