@@ -61,6 +61,7 @@ lint: venv
 	$(BIN)/buf lint
 	$(BIN)/buf format --diff --exit-code
 	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/python scripts/gen_config_docs.py --check
 
 protos: venv
 	$(BIN)/python scripts/gen_protos.py
@@ -80,4 +81,7 @@ bench: venv examples bench-deps
 	$(BIN)/python bench/triton.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/auth.py
+	$(BIN)/python bench/tls.py
+	$(BIN)/python bench/coldstart.py
+	$(BIN)/python bench/scale.py
 	$(BIN)/python -m meshserve.services.audit.bench --events 50000

@@ -31,17 +31,24 @@ def available() -> bool:
     return shutil.which(H2LOAD) is not None
 
 
-def call_once(address: str, request: bytes, metadata: Sequence[tuple[str, str]] = ()) -> bytes:
-    """Send ``request`` once with grpcio; return the serialized response (raises on an error)."""
-    with grpc.insecure_channel(address) as channel:
+def call_once(address: str, request: bytes, metadata: Sequence[tuple[str, str]] = (),
+              tls_ca: Path | None = None) -> bytes:
+    """Send ``request`` once with grpcio (over TLS trusting ``tls_ca``, when given); return the response."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes()) if tls_ca else None
+    with (grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)) as channel:
         response: bytes = channel.unary_unary(METHOD)(request, timeout=30, metadata=tuple(metadata))
     return response
 
 
 def run_h2load(address: str, request: bytes, *, concurrency: int, warmup_s: float = 1.0,
-               duration_s: float = 5.0, metadata: Sequence[tuple[str, str]] = ()) -> Result:
-    """``concurrency`` streams on one HTTP/2 connection for ``duration_s`` after ``warmup_s``."""
-    response_size = len(call_once(address, request, metadata))
+               duration_s: float = 5.0, metadata: Sequence[tuple[str, str]] = (),
+               tls_ca: Path | None = None) -> Result:
+    """``concurrency`` streams on one HTTP/2 connection for ``duration_s`` after ``warmup_s``.
+
+    With ``tls_ca`` the connection is TLS (h2load negotiates HTTP/2 by ALPN and, unlike the
+    check call, does not verify the server's certificate).
+    """
+    response_size = len(call_once(address, request, metadata, tls_ca))
     headers = [arg for key, value in metadata for arg in ("-H", f"{key}: {value}")]
     with tempfile.TemporaryDirectory(prefix="meshserve-h2load-") as folder:
         body = Path(folder) / "body"
@@ -51,7 +58,7 @@ def run_h2load(address: str, request: bytes, *, concurrency: int, warmup_s: floa
             [H2LOAD, "-c", "1", "-m", str(concurrency), "-D", f"{round(duration_s * 1000)}ms",
              f"--warm-up-time={round(warmup_s * 1000)}ms",
              "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers", *headers,
-             f"--log-file={log}", f"http://{address}{METHOD}"],
+             f"--log-file={log}", f"{'https' if tls_ca else 'http'}://{address}{METHOD}"],
             capture_output=True, text=True, timeout=warmup_s + duration_s + 60, check=True,
         ).stdout
         rows = np.loadtxt(log, ndmin=2) if log.stat().st_size else np.zeros((0, 3))

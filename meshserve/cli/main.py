@@ -26,7 +26,7 @@ from meshserve.cli.certs import certs_app
 from meshserve.cli.common import cli_errors
 from meshserve.cli.infer import infer
 from meshserve.cli.pipelines import pipeline_app
-from meshserve.cli.registry import models, runtimes
+from meshserve.cli.registry import models_app, runtimes
 from meshserve.cli.routes import alias_app, route_app
 from meshserve.cli.services import PASS_THROUGH, router, runtime_app
 from meshserve.cli.up import up
@@ -48,7 +48,7 @@ def _identity() -> None:
 
 
 app.command()(up)
-app.command()(models)
+app.add_typer(models_app, name="models")
 app.command()(runtimes)
 app.command()(infer)
 app.command(context_settings=PASS_THROUGH, add_help_option=False)(router)

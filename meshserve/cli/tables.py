@@ -34,12 +34,22 @@ def _age(unix_ms: int, now_s: float) -> str:
 
 
 def models_table(placements: Iterable[registry_pb2.Placement],
-                 pipelines: Iterable[registry_pb2.Pipeline] = ()) -> Table:
-    """One row per model (its versions, runtime kinds, ready replicas and states), then per pipeline."""
+                 pipelines: Iterable[registry_pb2.Pipeline] = (),
+                 catalog: Iterable[registry_pb2.CatalogModel] = ()) -> Table:
+    """One row per model (its versions, runtime kinds, ready replicas and states), then per pipeline.
+
+    A catalog model no runtime holds shows as registered: its first call loads it.
+    """
     by_model: dict[str, list[registry_pb2.Placement]] = defaultdict(list)
     for p in placements:
         by_model[p.model].append(p)
     table = Table("model", "versions", "runtime kind", "replicas", "state", "reason", title="models")
+    for entry in catalog:
+        if entry.model not in by_model:
+            versions = sorted(entry.versions, key=version_sort_key)
+            kinds = sorted({v.runtime_kind for v in entry.versions.values()})
+            table.add_row(entry.model, ", ".join(versions), ", ".join(kinds), "0", "registered",
+                          "loads on its first call")
     for model in sorted(by_model):
         entries = by_model[model]
         versions = sorted({p.version for p in entries}, key=version_sort_key)
@@ -95,4 +105,15 @@ def endpoints_table(rows: Sequence[tuple[str, str, str]]) -> Table:
     table = Table("service", "address", "pid", title="local mesh")
     for row in rows:
         table.add_row(*row)
+    return table
+
+
+def catalog_table(entries: Iterable[registry_pb2.CatalogModel]) -> Table:
+    """One row per catalog model version: runtime kind, artifact, memory estimate."""
+    table = Table("model", "version", "runtime kind", "artifact", "memory", title="catalog")
+    for entry in sorted(entries, key=lambda e: e.model):
+        for version in sorted(entry.versions, key=version_sort_key):
+            v = entry.versions[version]
+            memory = f"{v.memory_bytes / 2**20:.0f} MiB" if v.memory_bytes else "estimated by the runtime"
+            table.add_row(entry.model, version, v.runtime_kind, v.artifact, memory)
     return table

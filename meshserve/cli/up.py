@@ -87,10 +87,10 @@ def _start(mesh: LocalMesh) -> None:
 
 
 def _write_announce(path: Path, mesh: LocalMesh) -> None:
-    data = {"pid": os.getpid(), "router": mesh.router_address, "etcd": mesh.etcd_endpoint,
-            "runtime": mesh.runtime_address, "runtime_id": mesh.runtime_id, "nats": mesh.nats_url,
-            "audit": mesh.audit_address, "triton": mesh.addresses.get("triton", ""), "children": mesh.pids(),
-            "data_dir": str(mesh.data_dir)}
+    data = {"pid": os.getpid(), "router": mesh.router_address, "routers": mesh.router_addresses,
+            "etcd": mesh.etcd_endpoint, "runtime": mesh.runtime_address, "runtime_id": mesh.runtime_id,
+            "nats": mesh.nats_url, "audit": mesh.audit_address, "triton": mesh.addresses.get("triton", ""),
+            "children": mesh.pids(), "data_dir": str(mesh.data_dir)}
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
@@ -122,6 +122,8 @@ def up(
         list[Path] | None, typer.Option(help="pipeline file to apply once up (repeatable; default: the examples)")
     ] = None,
     router_port: Annotated[int, typer.Option(help="router port (0: any free port)")] = DEFAULT_ROUTER_PORT,
+    routers: Annotated[int, typer.Option(
+        min=1, help="routers side by side on the same registry, on consecutive ports from --router-port")] = 1,
     etcd_port: Annotated[
         int | None, typer.Option(help="etcd client port (default 2379 when free, else any free port)")
     ] = None,
@@ -151,10 +153,11 @@ def up(
         raise UserError(f"model repository {model_repository} is not a folder")
     if triton and triton_repository is not None and not triton_repository.is_dir():
         raise UserError(f"Triton model repository {triton_repository} is not a folder")
-    if router_port and not port_is_free(host, router_port):
-        raise UserError(f"port {router_port} on {host} is in use: stop what holds it or pass --router-port")
+    for port in range(router_port, router_port + routers) if router_port else ():
+        if not port_is_free(host, port):
+            raise UserError(f"port {port} on {host} is in use: stop what holds it or pass --router-port")
     mesh = LocalMesh(MeshConfig(
-        model_repository=model_repository, host=host, router_port=router_port, etcd_port=etcd_port,
+        model_repository=model_repository, host=host, router_port=router_port, routers=routers, etcd_port=etcd_port,
         runtime_port=runtime_port, data_dir=data_dir, log_level=log_level, audit_port=audit_port,
         nats_port=nats_port, audit=audit, triton_repository=triton_repository if triton else None,
         pipelines=tuple(pipeline if pipeline is not None else _example_pipelines(model_repository)),
@@ -167,7 +170,8 @@ def up(
         pids = mesh.pids()
         console.print(endpoints_table([
             (label, address, str(pids.get(name, "-"))) for label, name, address in (
-                ("router (OIP gRPC)", "router", mesh.router_address),
+                *((f"{name.replace('-', ' ')} (OIP gRPC)", name, mesh.addresses.get(name, ""))
+                  for name in mesh.router_names()),
                 ("python runtime", "runtime", mesh.runtime_address),
                 ("R runtime", "r-runtime", mesh.addresses.get("r-runtime", "")),
                 ("Triton (gRPC)", "triton", mesh.addresses.get("triton", "")),

@@ -12,6 +12,7 @@ an announce file), and stopped by PID in reverse order, also when a start fails 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shutil
 import socket
@@ -56,6 +57,9 @@ class MeshConfig:
     model_repository: Path
     host: str = "127.0.0.1"
     router_port: int = DEFAULT_ROUTER_PORT
+    # Routers side by side on the same registry (stateless: any of them serves any call),
+    # on consecutive ports from router_port (each on a free port when router_port is 0).
+    routers: int = 1
     # None: the usual port (2379, 4222) when free, else any free port. 0: any free port.
     etcd_port: int | None = None
     nats_port: int | None = None
@@ -124,6 +128,15 @@ class LocalMesh:
         return self.addresses.get("router", "")
 
     @property
+    def router_addresses(self) -> list[str]:
+        """Every router's address, the first (:attr:`router_address`) first."""
+        return [self.addresses[name] for name in self.router_names() if name in self.addresses]
+
+    def router_names(self) -> list[str]:
+        """The routers' process names: ``router``, then ``router-2``, ``router-3``..."""
+        return ["router", *(f"router-{i}" for i in range(2, max(1, self.config.routers) + 1))]
+
+    @property
     def runtime_address(self) -> str:
         return self.addresses.get("runtime", "")
 
@@ -146,7 +159,9 @@ class LocalMesh:
         steps = [Step("etcd", self._start_etcd)]
         if self.config.audit:
             steps += [Step("NATS JetStream", self._start_nats), Step("audit service", self._start_audit)]
-        steps += [Step("router", self._start_router), Step("python runtime", self._start_runtime)]
+        steps += [Step(name.replace("-", " "), functools.partial(self._start_router, name))
+                  for name in self.router_names()]
+        steps.append(Step("python runtime", self._start_runtime))
         if self.config.r_runtime and shutil.which("Rscript"):
             steps.append(Step("R runtime", self._start_r_runtime))
         elif self.config.r_runtime:
@@ -232,10 +247,11 @@ class LocalMesh:
         self._children["nats"] = nats.process
         return nats.url
 
-    def _service(self, name: str, module: str, args: list[str]) -> dict[str, object]:
-        """Start a meshserve service and wait for its announce file."""
+    def _service(self, name: str, module: str, args: list[str], cert: str = "") -> dict[str, object]:
+        """Start a meshserve service and wait for its announce file (TLS: certificate ``cert``, else ``name``)."""
         proc, info = start_service(
-            name, module, ["--host", self.config.host, "--log-level", self.config.log_level, *self._tls_flags(name),
+            name, module, ["--host", self.config.host, "--log-level", self.config.log_level,
+                           *self._tls_flags(cert or name),
                            *args], self.data_dir,
             timeout=self.config.start_timeout_s, env=self.config.extra_env or None,
             log_path=self.log_dir / f"{name}.log",
@@ -253,12 +269,15 @@ class LocalMesh:
                        "--etcd-endpoint", self.etcd_endpoint, *dev])
         return self.audit_address
 
-    def _start_router(self) -> str:
-        audit = ["--nats-url", self.nats_url, "--data-dir", str(self.data_dir / "router")] if self.nats else []
+    def _start_router(self, name: str = "router") -> str:
+        """Start the router ``name`` (see :meth:`router_names`); every router uses the router certificate."""
+        index = self.router_names().index(name)
+        port = self.config.router_port + index if self.config.router_port else 0
+        audit = ["--nats-url", self.nats_url, "--data-dir", str(self.data_dir / name)] if self.nats else []
         dev = ["--dev-mode"] if self.config.dev_mode else []
-        self._service("router", "meshserve.services.router",
-                      ["--port", str(self.config.router_port), "--etcd-endpoint", self.etcd_endpoint, *audit, *dev])
-        return self.router_address
+        self._service(name, "meshserve.services.router",
+                      ["--port", str(port), "--etcd-endpoint", self.etcd_endpoint, *audit, *dev], cert="router")
+        return self.addresses[name]
 
     def _start_runtime(self) -> str:
         info = self._service("runtime", "meshserve.runtimes.python", [

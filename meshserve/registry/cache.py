@@ -73,6 +73,8 @@ class RegistryCache:
         self.rate_limits: dict[str, auth_pb2.RateLimit] = {}
         self.model_limits: dict[str, auth_pb2.ModelLimits] = {}
         self.auth_revision = 0
+        # Models registered without being loaded: placed on a runtime at their first call.
+        self.catalog: dict[str, pb.CatalogModel] = {}
         # Records kept one per model: (key parser, where they go, their message type).
         self._model_records: tuple[tuple[Callable[[bytes], str | None], dict[str, Any], Any], ...] = (
             (keys.parse_audit_policy_key, self.audit_policies, audit_pb2.AuditPolicy),
@@ -82,6 +84,7 @@ class RegistryCache:
             (keys.parse_access_rule_key, self.access_rules, auth_pb2.AccessRule),
             (keys.parse_rate_limit_key, self.rate_limits, auth_pb2.RateLimit),
             (keys.parse_model_limits_key, self.model_limits, auth_pb2.ModelLimits),
+            (keys.parse_catalog_key, self.catalog, pb.CatalogModel),
         )
         # Models whose last placement left (a runtime died or stopped), with when: callers
         # get UNAVAILABLE (try again) for them rather than NOT_FOUND.

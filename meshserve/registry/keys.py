@@ -12,6 +12,8 @@ API_KEYS = ROOT + "keys/"
 ACCESS_RULES = ROOT + "access/"
 RATE_LIMITS = ROOT + "rate-limits/"
 MODEL_LIMITS = ROOT + "model-limits/"
+CATALOG = ROOT + "catalog/"
+PLACING = ROOT + "placing/"
 
 
 def runtime_key(runtime_id: str) -> bytes:
@@ -99,3 +101,16 @@ def model_limits_key(model: str) -> bytes:
 
 def parse_model_limits_key(key: bytes) -> str | None:
     return _after(MODEL_LIMITS, key)
+
+
+def catalog_key(model: str) -> bytes:
+    return (CATALOG + model).encode()
+
+
+def parse_catalog_key(key: bytes) -> str | None:
+    return _after(CATALOG, key)
+
+
+def placing_key(model: str, version: str) -> bytes:
+    """The claim a router holds (under a lease) while it places a model version."""
+    return f"{PLACING}{model}/{version}".encode()

@@ -7,13 +7,15 @@ The servicer hands over numpy arrays and gets numpy arrays back; errors are
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .backend import Arrays
+from .entry import ModelEntry, State
 from .manifest import TensorSpec
-from .repository import ModelEntry, ModelRepository, State
+from .repository import ModelRepository
 
 # RepositoryIndex states, as Triton reports them.
 INDEX_STATES = {
@@ -63,10 +65,16 @@ class DataPlane:
         assert signature is not None and backend is not None
         signature.check_inputs(inputs)
         wanted = signature.check_requested(requested)
-        if backend.is_async:
-            raw = await backend.apredict(inputs, wanted)
-        else:
-            raw = await asyncio.get_running_loop().run_in_executor(self.pool, backend.predict, inputs, wanted)
+        entry.hits += 1
+        entry.last_used = time.monotonic()
+        entry.inflight += 1  # a version with calls in flight is never evicted
+        try:
+            if backend.is_async:
+                raw = await backend.apredict(inputs, wanted)
+            else:
+                raw = await asyncio.get_running_loop().run_in_executor(self.pool, backend.predict, inputs, wanted)
+        finally:
+            entry.inflight -= 1
         return InferResult(entry.name, entry.version, signature.cast_outputs(raw, wanted), signature.datatypes)
 
     def model_ready(self, model: str, version: str) -> bool:
@@ -96,8 +104,9 @@ class DataPlane:
             if not ready_only or e.state is State.READY
         ]
 
-    async def load(self, model: str, version: str = "") -> list[ModelEntry]:
-        return await self.repository.load(model, version)
+    async def load(self, model: str, version: str = "", *, artifact: str = "", memory_bytes: int = 0,
+                   ) -> list[ModelEntry]:
+        return await self.repository.load(model, version, artifact=artifact, memory_bytes=memory_bytes)
 
     async def unload(self, model: str, version: str = "") -> list[ModelEntry]:
         return await self.repository.unload(model, version)

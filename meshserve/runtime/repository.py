@@ -9,44 +9,22 @@ manifest names its kind (``runtime:``), so runtimes of several kinds share one f
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from meshserve.errors import FailedPrecondition, InvalidArgument, MeshError, NotFound, Unavailable
 from meshserve.names import check_model_name, check_version, version_sort_key
 
-from .backend import Backend, BackendLoader
-from .manifest import MANIFEST, Manifest, parse_manifest, read_manifest, runtime_of
+from .backend import BackendLoader
+from .entry import ModelEntry, State
+from .manifest import MANIFEST, parse_manifest, read_manifest, runtime_of
+from .residency import Residency, folder_bytes
 from .signature import Signature
 
 log = logging.getLogger(__name__)
-
-
-class State(enum.Enum):
-    AVAILABLE = "AVAILABLE"
-    LOADING = "LOADING"
-    READY = "READY"
-    FAILED = "FAILED"
-
-
-@dataclass(eq=False)
-class ModelEntry:
-    """One model version of the repository and its current state."""
-
-    name: str
-    version: str
-    path: Path
-    manifest: Manifest | None = None
-    platform: str = ""
-    state: State = State.AVAILABLE
-    reason: str = ""
-    backend: Backend | None = None
-    signature: Signature | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 OnChange = Callable[[ModelEntry], Awaitable[None]]
@@ -55,11 +33,16 @@ OnChange = Callable[[ModelEntry], Awaitable[None]]
 class ModelRepository:
     """Every model version under ``root`` served by runtimes of ``kind``, loaded by ``loader``."""
 
-    def __init__(self, root: Path, kind: str, loader: BackendLoader, on_change: OnChange | None = None) -> None:
+    def __init__(self, root: Path, kind: str, loader: BackendLoader, on_change: OnChange | None = None, *,
+                 residency: Residency | None = None, artifact_roots: Sequence[Path] = ()) -> None:
         self.root = root
         self.kind = kind
         self.loader = loader
         self.on_change = on_change
+        self.residency = residency or Residency()
+        # Folders an artifact named by a load request may be in (the repository always is).
+        self.artifact_roots = [root.resolve(), *(r.resolve() for r in artifact_roots)]
+        self._room = asyncio.Lock()
         self._models: dict[str, dict[str, ModelEntry]] = {}
         # (name, version) and (name, "") -> READY entry; the only lookup on the hot path.
         self._ready: dict[tuple[str, str], ModelEntry] = {}
@@ -174,19 +157,55 @@ class ModelRepository:
         self.scan()
         return [self.entry(name, version)] if version else self.versions(name)
 
-    async def load(self, name: str, version: str = "") -> list[ModelEntry]:
-        """Load one version, or every version of ``name``; raise the first failure."""
-        entries = self._select(name, version)
+    def adopt(self, name: str, version: str, artifact: str) -> ModelEntry:
+        """The entry of ``name``/``version`` served from ``artifact`` (a catalog's placement).
+
+        ``artifact`` is the version's folder, relative to the repository or absolute; it
+        must lie within the artifact roots, so a load request cannot read elsewhere.
+        """
+        check_model_name(name)
+        check_version(version)
+        path = Path(artifact) if Path(artifact).is_absolute() else self.root / artifact
+        path = path.resolve()
+        if not any(path.is_relative_to(root) for root in self.artifact_roots):
+            raise InvalidArgument(f"artifact {artifact!r} is outside this runtime's artifact roots "
+                                  f"({', '.join(map(str, self.artifact_roots))})")
+        if not (path / MANIFEST).is_file():
+            raise NotFound(f"artifact {artifact!r} has no {MANIFEST} (looked in {path})")
+        existing = self._models.get(name, {}).get(version)
+        if existing is not None:
+            if existing.path.resolve() != path:
+                raise FailedPrecondition(f"model {name!r} version {version!r} is already served from "
+                                         f"{existing.path}, not {path}")
+            return existing
+        entry = ModelEntry(name, version, path)
+        self._models.setdefault(name, {})[version] = entry
+        return entry
+
+    async def load(self, name: str, version: str = "", *, artifact: str = "", memory_bytes: int = 0,
+                   ) -> list[ModelEntry]:
+        """Load one version, or every version of ``name``; raise the first failure.
+
+        With ``artifact`` the version is loaded from that folder (see :meth:`adopt`);
+        ``memory_bytes`` overrides the estimate of what it takes. A load that cannot be
+        made to fit the memory budget raises ResourceExhausted and changes nothing.
+        """
+        if artifact:
+            if not version:
+                raise InvalidArgument("loading from an artifact needs the version it is")
+            entries = [self.adopt(name, version, artifact)]
+        else:
+            entries = self._select(name, version)
         errors: list[str] = []
         for entry in entries:
-            await self._load(entry)
+            await self._load(entry, memory_bytes)
             if entry.state is State.FAILED:
                 errors.append(f"version {entry.version}: {entry.reason}")
         if errors:
             raise FailedPrecondition(f"model {name!r} failed to load: {'; '.join(errors)}")
         return entries
 
-    async def _load(self, entry: ModelEntry) -> None:
+    async def _load(self, entry: ModelEntry, memory_bytes: int = 0) -> None:
         async with entry.lock:
             if entry.state is State.READY:
                 return
@@ -197,7 +216,12 @@ class ModelRepository:
                 await self._set(entry, State.FAILED, e.message)
                 return
             assert entry.manifest is not None
-            await self._set(entry, State.LOADING)
+            entry.memory_bytes = memory_bytes or entry.memory_bytes or folder_bytes(entry.path)
+            async with self._room:  # one load at a time chooses what to evict
+                for victim in self.residency.victims(self.entries(), entry):
+                    await self._unload_entry(victim, f"evicted to make room for {entry.name} version {entry.version}")
+                entry.hits, entry.last_used = 0, time.monotonic()
+                await self._set(entry, State.LOADING)
             try:
                 entry.backend = await self.loader.load(entry.name, entry.version, entry.path, entry.manifest)
             except MeshError as e:
@@ -213,16 +237,27 @@ class ModelRepository:
         """Unload one version, or every version of ``name``, freeing what they hold."""
         entries = self._select(name, version)
         for entry in entries:
-            async with entry.lock:
-                backend, entry.backend = entry.backend, None
-                if entry.state is State.READY:
-                    await self._set(entry, State.AVAILABLE, "unloaded")
-                if backend is not None:
-                    try:
-                        await backend.close()
-                    except Exception:  # a model's own code may raise anything
-                        log.warning("unloading %s version %s raised", name, entry.version, exc_info=True)
+            await self._unload_entry(entry, "unloaded")
         return entries
+
+    async def _unload_entry(self, entry: ModelEntry, reason: str) -> None:
+        async with entry.lock:
+            backend, entry.backend = entry.backend, None
+            if entry.state is State.READY:
+                await self._set(entry, State.AVAILABLE, reason)
+                log.info("%s: model %s version %s", reason, entry.name, entry.version)
+            if backend is not None:
+                try:
+                    await backend.close()
+                except Exception:  # a model's own code may raise anything
+                    log.warning("unloading %s version %s raised", entry.name, entry.version, exc_info=True)
+
+    async def unload_idle(self) -> list[ModelEntry]:
+        """Unload the versions idle for the residency's ``idle_unload_s``."""
+        idle = self.residency.idle(self.entries())
+        for entry in idle:
+            await self._unload_entry(entry, f"unloaded after {self.residency.idle_unload_s:g} s without a call")
+        return idle
 
     async def close(self) -> None:
         """Unload everything (the runtime is stopping)."""

@@ -25,7 +25,9 @@ from meshserve.settings import load_settings, setup_logging
 
 from .backend import BackendLoader
 from .dataplane import DataPlane
-from .repository import ModelEntry, ModelRepository, State
+from .entry import ModelEntry, State
+from .repository import ModelRepository
+from .residency import MiB, Residency
 from .servicer import RAW_REQUEST_METHODS, InferenceServicer
 from .settings import ModelRuntimeSettings, default_runtime_id
 
@@ -44,7 +46,7 @@ _PLACEMENT_STATES = {
 def placement(entry: ModelEntry) -> reg_pb.Placement:
     return reg_pb.Placement(
         model=entry.name, version=entry.version, state=_PLACEMENT_STATES[entry.state],
-        reason=entry.reason, platform=entry.platform,
+        reason=entry.reason, platform=entry.platform, memory_bytes=entry.memory_bytes,
     )
 
 
@@ -62,7 +64,9 @@ class RuntimeServer:
         self.kind = kind
         self.loader = loader
         self.runtime_id = settings.runtime_id or default_runtime_id(kind)
-        self.repository = ModelRepository(settings.model_repository, kind, loader, on_change=self._publish)
+        residency = Residency(int(settings.memory_budget_mb * MiB), settings.idle_unload_s)
+        self.repository = ModelRepository(settings.model_repository, kind, loader, on_change=self._publish,
+                                          residency=residency, artifact_roots=settings.artifact_root_paths())
         self.dataplane = DataPlane(self.repository, settings.predict_threads)
         self.servicer = InferenceServicer(self.dataplane, kind)
         self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes)
@@ -72,6 +76,7 @@ class RuntimeServer:
         self.registration: Registration | None = None
         self.link: LinkServer | None = None
         self.link_address = ""
+        self._idle_task: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -108,13 +113,25 @@ class RuntimeServer:
             with contextlib.suppress(Exception):  # a failed load is recorded in its state
                 await self.repository.load(name)
         self.dataplane.ready = True
+        if self.settings.idle_unload_s:
+            self._idle_task = asyncio.create_task(self._unload_idle(), name="idle-unload")
         log.info("%s runtime %s serving %s on %s", self.kind, self.runtime_id, self.settings.model_repository,
                  self.address)
+
+    async def _unload_idle(self) -> None:
+        period = min(max(self.settings.idle_unload_s / 4, 0.1), 5.0)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.repository.unload_idle()
+            except Exception:  # keep the loop alive; the next round tries again
+                log.exception("unloading idle models failed")
 
     async def _register(self) -> None:
         runtime = reg_pb.Runtime(
             id=self.runtime_id, kind=self.kind, address=self.address,
             started_at_unix_ms=now_ms(), version=meshserve.__version__, link_address=self.link_address,
+            memory_budget_bytes=self.repository.residency.budget_bytes,
         )
         self.registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s)
         for entry in self.repository.entries():
@@ -127,6 +144,8 @@ class RuntimeServer:
     async def stop(self, grace: float = 2.0) -> None:
         """Leave the registry at once, finish calls in flight, unload every model."""
         self.dataplane.ready = False
+        if self._idle_task is not None:
+            self._idle_task.cancel()
         if self.registration is not None:
             await self.registration.stop()
             self.registration = None

@@ -13,7 +13,7 @@ import meshserve
 from meshserve.errors import InvalidArgument, MeshError, Unimplemented, grpc_errors
 from meshserve.link import MODEL_INFER
 from meshserve.oip.codec import decode_inputs, encode_response
-from meshserve.oip.repository import version_parameter
+from meshserve.oip.repository import artifact_parameters, version_parameter
 from meshserve.protos.inference import grpc_service_pb2 as pb
 
 from .dataplane import DataPlane
@@ -120,7 +120,9 @@ class InferenceServicer:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
-        await self.dataplane.load(request.model_name, version_parameter(request.parameters))
+        artifact, memory_bytes = artifact_parameters(request.parameters)
+        await self.dataplane.load(request.model_name, version_parameter(request.parameters), artifact=artifact,
+                                  memory_bytes=memory_bytes)
         return pb.RepositoryModelLoadResponse()
 
     @grpc_errors

@@ -30,6 +30,15 @@ class ModelRuntimeSettings(RuntimeSettings):
     )
     runtime_id: str = Field("", description="id in the registry (default <kind>-<host>-<pid>)")
     predict_threads: int = Field(4, ge=1, description="threads running synchronous predict calls")
+    memory_budget_mb: float = Field(
+        0.0, ge=0, description="memory loaded models may take (their estimates); a load past it evicts the least "
+        "recently used, one-off models first (0: no limit)")
+    idle_unload_s: float = Field(0.0, ge=0, description="unload a model after this long without a call (0: never)")
+    artifact_roots: str = Field(
+        "", description="comma-separated folders (besides the model repository) a catalog artifact may be in")
+
+    def artifact_root_paths(self) -> list[Path]:
+        return [Path(p.strip()) for p in self.artifact_roots.split(",") if p.strip()]
 
     def models_to_load(self, available: list[str]) -> list[str]:
         """The model names ``load`` selects among ``available``."""

@@ -84,6 +84,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return pb.ListModelsResponse(
             placements=[p for key, p in sorted(self.cache.placements.items()) if shown(key[0])],
             pipelines=[p for name, p in sorted(self.cache.pipelines.items()) if shown(name)],
+            catalog=[c for name, c in sorted(self.cache.catalog.items()) if shown(name)],
         )
 
     @grpc_errors

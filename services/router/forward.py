@@ -22,7 +22,7 @@ from meshserve.protos.inference import grpc_service_pb2 as oip
 from .audit import Call, CallAudit, Metadata
 from .pipelines import Forward, PipelineRunner
 from .replicas import Connection, ConnectionPool
-from .resolve import Resolver
+from .resolve import NotPlaced, Resolver
 from .streams import Awaiting
 from .wire import string_field, string_fields
 
@@ -60,11 +60,14 @@ def link_metadata(metadata: Metadata) -> dict[str, str]:
 class Forwarder:
     """Routes each call by the model name and version inside its bytes."""
 
-    def __init__(self, resolver: Resolver, pool: ConnectionPool, eject_s: float, audit: CallAudit,
-                 access: Access, rates: RateLimiter) -> None:
+    def __init__(self, resolver: Resolver, pool: ConnectionPool, audit: CallAudit, access: Access,
+                 rates: RateLimiter, *, max_attempts: int = 3, retry_min_s: float = 0.01) -> None:
         self.resolver = resolver
         self.pool = pool
-        self.eject_s = eject_s
+        # Retries of UNAVAILABLE calls on other replicas: at most this many attempts in all,
+        # and none once less than retry_min_s of the caller's deadline is left.
+        self.max_attempts = max(1, max_attempts)
+        self.retry_min_s = retry_min_s
         self.audit = audit
         self._shadows: set[asyncio.Task[None]] = set()
         self.access = access
@@ -150,13 +153,20 @@ class Forwarder:
                     pipelines: bool = False) -> Forward:
         """The forwarding itself: the response bytes, or a MeshError saying why not.
 
-        A replica that is UNAVAILABLE is avoided for a while and, when the model has
-        another replica, the call is tried once more there.
+        A call that a replica fails with UNAVAILABLE (it was not answered: connection
+        refused or reset, the replica gone or going) counts against that replica's
+        breaker and is tried again on another replica of the model, up to
+        ``max_attempts`` in all and while the caller's deadline leaves ``retry_min_s``.
+        Any other answer, success or error, is the caller's.
         """
         resolve = self.resolver.resolve
+        place = self.resolver.place
         choose = self.pool.choose
+        succeeded = self.pool.succeeded
+        failed = self.pool.failed
+        max_attempts = self.max_attempts
+        retry_min_s = self.retry_min_s
         precheck = self.audit.precheck
-        eject_s = self.eject_s
         routed = self.resolver.cache.routes
         check = self.access.check
         take = self.rates.take if action == "infer" else None
@@ -175,36 +185,55 @@ class Forwarder:
             precheck(name)
             if name in pipes and not call.parent_request_id:  # a step never runs a pipeline
                 return await runner.run(call, request, time_remaining, metadata)
-            call.resolved_version, replicas = resolve(name, version, metadata, call.principal.sticky_name)
+            try:
+                call.resolved_version, replicas = resolve(name, version, metadata, call.principal.sticky_name)
+            except NotPlaced as missing:  # a catalog model's first call: place it, then route to it
+                await place(missing, time_remaining())
+                call.resolved_version, replicas = resolve(name, version, metadata, call.principal.sticky_name)
             if call.resolved_version != version and (version or name in routed):
                 # An alias or a route chose the version: the runtime must serve that one.
                 request += string_field(version_field, call.resolved_version)
             conn = choose(replicas)
-            for attempt in (0, 1):
+            attempts = min(max_attempts, len(replicas))
+            tried: list[Connection] = []
+            while True:
                 call.replica = conn.replica
                 conn.inflight += 1
                 remaining = time_remaining()
                 try:
+                    link = None
                     if link_method and conn.link_address:
                         link = conn.open_link or await conn.link(remaining)
-                        if link is not None:
-                            return await link.call(link_method, request, remaining, link_metadata(metadata))
-                    response: bytes = await conn.unary(method)(request, timeout=remaining, metadata=metadata)
-                    return response
+                    if link is not None:
+                        response = await link.call(link_method, request, remaining, link_metadata(metadata))
+                    else:
+                        response = await conn.unary(method)(request, timeout=remaining, metadata=metadata)
                 except MeshError as e:
                     code, details = e.code, e.message
                 except grpc.aio.AioRpcError as e:
                     code, details = e.code(), e.details() or e.code().name
+                else:
+                    if conn.failures:
+                        succeeded(conn)
+                    return response
                 finally:
                     conn.inflight -= 1
-                if code is _UNAVAILABLE:
-                    conn.eject(eject_s)
-                    if attempt == 0 and len(replicas) > 1:
-                        conn = choose(replicas, exclude=conn)
-                        continue
-                    details = f"model {name!r} on {conn.replica.runtime_id} ({conn.address}) is unavailable: {details}"
-                raise error_for(code, details)
-            raise AssertionError("unreachable")
+                if code is not _UNAVAILABLE:
+                    raise error_for(code, details)
+                # UNAVAILABLE: not answered. Over the mesh link a runtime killed mid-call
+                # also ends here (the lost connection fails its calls with UNAVAILABLE),
+                # so the call may have run there already: trying it again elsewhere is
+                # safe because forwarded calls are idempotent (inference computes
+                # outputs from inputs and changes nothing; the metadata calls only read).
+                failed(conn, details)
+                tried.append(conn)
+                left = time_remaining()
+                if len(tried) < attempts and (left is None or left >= retry_min_s):
+                    conn = choose(replicas, tried)
+                    continue
+                others = f" (after {len(tried) - 1} other replica(s) failed too)" if len(tried) > 1 else ""
+                raise error_for(code, f"model {name!r} on {conn.replica.runtime_id} ({conn.address}) is "
+                                      f"unavailable{others}: {details}")
 
         runner = PipelineRunner(forward, self.audit, pipes)
         return forward

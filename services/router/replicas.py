@@ -2,6 +2,12 @@
 
 Calls go out as the bytes that came in (no serializer, no deserializer), so tensors
 are never decoded or re-encoded on their way through the router.
+
+Each replica has a circuit breaker fed by the forwarder: after ``breaker_failures``
+consecutive UNAVAILABLE calls it opens (the replica is avoided for ``eject_s``), then
+half-opens: the next call chosen for it is the probe, and the others keep away until
+the probe's answer closes the breaker (a success) or opens it again (a failure). A
+replica that leaves the registry (its lease expired) is dropped whatever its breaker.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 import grpc
@@ -32,7 +39,7 @@ class Connection:
     """A channel to one replica and its per-method raw callables."""
 
     __slots__ = ("_link", "_link_lock", "_link_retry_at", "_max_message_bytes", "_stream", "_unary", "address",
-                 "channel", "ejected_until", "inflight", "link_address", "replica")
+                 "channel", "ejected_until", "failures", "inflight", "link_address", "replica")
 
     def __init__(self, replica: Replica, options: list[tuple[str, Any]], max_message_bytes: int,
                  use_link: bool) -> None:
@@ -41,6 +48,8 @@ class Connection:
         self.link_address = replica.link_address if use_link else ""
         self.channel = tls.aio_channel(replica.address, options)
         self.inflight = 0
+        # The breaker: consecutive UNAVAILABLE calls, and until when the replica is avoided.
+        self.failures = 0
         self.ejected_until = 0.0
         self._max_message_bytes = max_message_bytes
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
@@ -92,9 +101,6 @@ class Connection:
             self._stream = self.channel.stream_stream(SERVICE + "ModelStreamInfer", _registered_method=True)
         return self._stream
 
-    def eject(self, seconds: float) -> None:
-        self.ejected_until = time.monotonic() + seconds
-
     async def close(self) -> None:
         if self._link is not None:
             self._link.close()
@@ -102,12 +108,20 @@ class Connection:
 
 
 class ConnectionPool:
-    """Connections to every replica the registry lists, opened and closed as it changes."""
+    """Connections to every replica the registry lists, opened and closed as it changes.
 
-    def __init__(self, max_message_bytes: int, use_link: bool = True) -> None:
+    ``eject_s`` and ``breaker_failures`` set the replicas' circuit breakers (see the
+    module's docstring); ``clock`` is for tests.
+    """
+
+    def __init__(self, max_message_bytes: int, use_link: bool = True, *, eject_s: float = 2.0,
+                 breaker_failures: int = 3, clock: Callable[[], float] = time.monotonic) -> None:
         self._options = channel_options(max_message_bytes)
         self._max_message_bytes = max_message_bytes
         self._use_link = use_link
+        self.eject_s = eject_s
+        self.breaker_failures = max(1, breaker_failures)
+        self._clock = clock
         self._by_address: dict[str, Connection] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -121,19 +135,51 @@ class ConnectionPool:
         self._by_address[replica.address] = conn
         return conn
 
-    def choose(self, replicas: tuple[Replica, ...], exclude: Connection | None = None) -> Connection:
-        """Least outstanding requests between two random replicas; ejected ones last."""
+    def choose(self, replicas: tuple[Replica, ...], exclude: Collection[Connection] = ()) -> Connection:
+        """Power of two choices: the fewer calls in flight of two random replicas.
+
+        Replicas in ``exclude`` (already tried) and those whose breaker is open are left
+        out while any other remains. A half-open replica, when chosen, takes this call as
+        its probe.
+        """
         if len(replicas) == 1:
             return self.get(replicas[0])
         candidates = [self.get(r) for r in replicas]
-        if exclude is not None and len(candidates) > 1:
-            candidates = [c for c in candidates if c is not exclude] or candidates
-        now = time.monotonic()
-        healthy = [c for c in candidates if c.ejected_until <= now] or candidates
-        if len(healthy) == 1:
-            return healthy[0]
-        a, b = random.sample(healthy, 2)
-        return a if a.inflight <= b.inflight else b
+        if exclude:
+            candidates = [c for c in candidates if c not in exclude] or candidates
+        now = self._clock()
+        usable = [c for c in candidates if c.ejected_until <= now] or candidates  # breaker not open
+        if len(usable) == 1:
+            chosen = usable[0]
+        else:
+            a, b = random.sample(usable, 2)
+            chosen = a if a.inflight <= b.inflight else b
+        if chosen.failures >= self.breaker_failures and chosen.ejected_until <= now:
+            # Half-open: this call is the probe; other calls keep away until it answers.
+            chosen.ejected_until = now + self.eject_s
+        return chosen
+
+    def succeeded(self, conn: Connection) -> None:
+        """A call to ``conn`` was answered: its breaker closes (called only when it counted failures)."""
+        if conn.failures >= self.breaker_failures:
+            log.info("replica %s (%s) answers again: calling it again", conn.replica.runtime_id, conn.address)
+        conn.failures = 0
+        conn.ejected_until = 0.0
+
+    def failed(self, conn: Connection, why: str) -> None:
+        """A call to ``conn`` was UNAVAILABLE: one more failure, and the breaker opens at the threshold."""
+        conn.failures += 1
+        if conn.failures >= self.breaker_failures:
+            if conn.failures == self.breaker_failures:
+                log.warning("replica %s (%s) failed %d calls in a row; avoiding it for %.1f s: %s",
+                            conn.replica.runtime_id, conn.address, conn.failures, self.eject_s, why)
+            conn.ejected_until = self._clock() + self.eject_s
+
+    def breaker(self, conn: Connection) -> str:
+        """``closed``, ``open`` or ``half-open`` (for logs and tests)."""
+        if conn.failures < self.breaker_failures:
+            return "closed"
+        return "open" if conn.ejected_until > self._clock() else "half-open"
 
     def retain(self, live_addresses: set[str]) -> None:
         """Close connections to replicas that left the registry."""

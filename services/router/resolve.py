@@ -5,15 +5,25 @@ from __future__ import annotations
 import time
 
 from meshserve.errors import InvalidArgument, NotFound, Unavailable
-from meshserve.names import check_model_name, check_version
+from meshserve.names import check_model_name, check_version, version_sort_key
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry.cache import ModelView, RegistryCache, Replica
 
 from . import routes
+from .placement import Placer
 
 _LISTED = 20
 # How long a model whose runtimes all left is answered UNAVAILABLE rather than NOT_FOUND.
 DEPARTED_S = 600.0
+
+
+class NotPlaced(Unavailable):
+    """The catalog lists this version but no runtime holds it ready: place it (see placement.py), then resolve again."""
+
+    def __init__(self, model: str, version: str) -> None:
+        super().__init__(f"model {model!r} version {version!r} is not loaded on any runtime yet")
+        self.model = model
+        self.version = version
 
 
 def _listing(items: list[str]) -> str:
@@ -24,8 +34,15 @@ def _listing(items: list[str]) -> str:
 class Resolver:
     """Version resolution over the router's registry cache (no etcd round trip)."""
 
-    def __init__(self, cache: RegistryCache) -> None:
+    def __init__(self, cache: RegistryCache, placer: Placer | None = None) -> None:
         self.cache = cache
+        self.placer = placer
+
+    async def place(self, missing: NotPlaced, remaining_s: float | None) -> None:
+        """Place the catalog model ``missing`` names (its first call), or re-raise when this router cannot."""
+        if self.placer is None:
+            raise missing
+        await self.placer.ensure(missing.model, missing.version, remaining_s)
 
     def view(self, name: str) -> ModelView:
         view = self.cache.models.get(name)
@@ -59,6 +76,11 @@ class Resolver:
                 replicas = view.ready.get(version)
                 if replicas:
                     return version, replicas
+        listed = self.cache.catalog.get(name)
+        if listed is not None:
+            target = version or max(listed.versions, key=version_sort_key, default="")
+            if target in listed.versions:
+                raise NotPlaced(name, target)
         raise self._why_not(name, requested or version)
 
     def shadows(self, name: str) -> list[str]:

@@ -25,6 +25,7 @@ from meshserve.settings import load_settings, setup_logging
 from .admin import RegistryServicer
 from .audit import CallAudit
 from .forward import Forwarder
+from .placement import Placer
 from .replicas import ConnectionPool
 from .resolve import Resolver
 from .servicer import MeshServicer
@@ -52,9 +53,10 @@ class Router:
 
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
-        self.pool = ConnectionPool(settings.max_message_bytes, settings.use_link)
+        self.pool = ConnectionPool(settings.max_message_bytes, settings.use_link, eject_s=settings.eject_s,
+                                   breaker_failures=settings.breaker_failures)
         self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed)
-        resolver = Resolver(self.cache)
+        resolver = Resolver(self.cache, Placer(self.cache, self.pool, load_timeout_s=settings.load_wait_s))
         publisher = None
         if settings.nats_url:
             spool = Spool(settings.data_dir / "audit-spool", settings.audit_spool_max_bytes)
@@ -65,7 +67,8 @@ class Router:
                              dev_mode=settings.dev_mode, jwt=verifier_from_settings(settings))
         rates = RateLimiter(self.cache.rate_limits, auth_pb2.RateLimit(
             calls_per_second=settings.rate_limit_per_s, burst=settings.rate_limit_burst))
-        self.forwarder = Forwarder(resolver, self.pool, settings.eject_s, self.audit, self.access, rates)
+        self.forwarder = Forwarder(resolver, self.pool, self.audit, self.access, rates,
+                                   max_attempts=settings.max_attempts, retry_min_s=settings.retry_min_s)
         mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s, self.access, self.audit)
         self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)
         fwd = self.forwarder

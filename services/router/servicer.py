@@ -22,7 +22,7 @@ from meshserve.registry.cache import RegistryCache, Replica
 from .audit import Call, CallAudit
 from .forward import forwarded_metadata
 from .replicas import ConnectionPool
-from .resolve import Resolver
+from .resolve import NotPlaced, Resolver
 from .wire import string_field, string_fields
 
 # The state shown for a version that no runtime holds ready: the most hopeful one.
@@ -108,7 +108,11 @@ class MeshServicer:
         pipeline = self.cache.pipelines.get(name)
         if pipeline is not None:
             return pipeline_metadata(pipeline).SerializeToString()
-        resolved, replicas = self.resolver.resolve(name, version)
+        try:
+            resolved, replicas = self.resolver.resolve(name, version)
+        except NotPlaced as missing:  # metadata of a catalog model not loaded yet: place it first
+            await self.resolver.place(missing, context.time_remaining())
+            resolved, replicas = self.resolver.resolve(name, version)
         if version and resolved != version:  # an alias: ask for the version it stands for
             request += string_field(2, resolved)
         conn = self.pool.choose(replicas)

@@ -48,5 +48,14 @@ class RouterSettings(JwtSettings, ServiceSettings):
     )
     rate_limit_burst: int = Field(0, ge=0, description="calls a principal may make at once above its rate")
     eject_s: float = Field(
-        2.0, description="how long a replica that failed with UNAVAILABLE is avoided when others exist"
+        2.0, description="how long a replica whose breaker opened is avoided before one probe call (when others exist)"
+    )
+    breaker_failures: int = Field(
+        3, ge=1, description="consecutive UNAVAILABLE calls after which a replica is avoided for eject_s"
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="most replicas one call is tried on when they fail with UNAVAILABLE (1: no retry)"
+    )
+    retry_min_s: float = Field(
+        0.01, ge=0, description="no retry once less than this is left of the caller's deadline"
     )

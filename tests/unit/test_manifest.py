@@ -10,7 +10,8 @@ import pytest
 
 from meshserve.errors import InvalidArgument
 from meshserve.runtime import Backend, BackendLoader, Manifest, load_manifest
-from meshserve.runtime.repository import ModelRepository, State
+from meshserve.runtime.entry import State
+from meshserve.runtime.repository import ModelRepository
 from meshserve.runtimes.python.frameworks import PythonLoader
 
 IO = "inputs: [{name: x, datatype: FP32, shape: [-1, 4]}]\n"

@@ -80,6 +80,7 @@ class Runtime(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     LINK_ADDRESS_FIELD_NUMBER: _builtins.int
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: _builtins.str
     """"python", "r" or "triton"."""
@@ -90,6 +91,10 @@ class Runtime(_message.Message):
     """Version of the runtime software."""
     link_address: _builtins.str
     """host:port of the runtime's mesh link (framed ModelInfer for routers), "" when it has none."""
+    memory_budget_bytes: _builtins.int
+    """Memory the runtime may fill with loaded models (0: no limit); routers place models
+    where it has room, and the runtime evicts to stay within it.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -102,14 +107,99 @@ class Runtime(_message.Message):
         version: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         link_address: _builtins.str = ...,
+        memory_budget_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "kind", b"kind", "labels", b"labels", "link_address", b"link_address", "started_at_unix_ms", b"started_at_unix_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "kind", b"kind", "labels", b"labels", "link_address", b"link_address", "memory_budget_bytes", b"memory_budget_bytes", "started_at_unix_ms", b"started_at_unix_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Runtime: _TypeAlias = Runtime  # noqa: Y015
+
+@_typing.final
+class CatalogModel(_message.Message):
+    """A model registered without being loaded anywhere, stored at /meshserve/v1/catalog/<model>.
+    The first call to a version places it on a runtime of its kind with room, which loads
+    it from the artifact.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class VersionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___CatalogVersion: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___CatalogVersion | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    @_builtins.property
+    def versions(self) -> _containers.MessageMap[_builtins.str, Global___CatalogVersion]:
+        """Version -> where it lives and what it needs."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        versions: _abc.Mapping[_builtins.str, Global___CatalogVersion] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogModel: _TypeAlias = CatalogModel  # noqa: Y015
+
+@_typing.final
+class CatalogVersion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNTIME_KIND_FIELD_NUMBER: _builtins.int
+    ARTIFACT_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    REGISTERED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    runtime_kind: _builtins.str
+    """The kind of runtime that serves it: "python", "r", ..."""
+    artifact: _builtins.str
+    """The version's folder (holding manifest.yaml), relative to the runtime's model
+    repository or absolute within the runtime's artifact roots.
+    """
+    memory_bytes: _builtins.int
+    """Memory the loaded model takes (an estimate); 0: the runtime estimates it."""
+    registered_at_unix_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        runtime_kind: _builtins.str = ...,
+        artifact: _builtins.str = ...,
+        memory_bytes: _builtins.int = ...,
+        registered_at_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "memory_bytes", b"memory_bytes", "registered_at_unix_ms", b"registered_at_unix_ms", "runtime_kind", b"runtime_kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CatalogVersion: _TypeAlias = CatalogVersion  # noqa: Y015
 
 @_typing.final
 class Route(_message.Message):
@@ -391,6 +481,7 @@ class Placement(_message.Message):
     UPDATED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
     LINK_ADDRESS_FIELD_NUMBER: _builtins.int
     DECOUPLED_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.str
     runtime_id: _builtins.str
@@ -407,6 +498,8 @@ class Placement(_message.Message):
     """The model may send zero or many responses per streamed request (Triton's decoupled
     transaction policy); routers audit each of those responses.
     """
+    memory_bytes: _builtins.int
+    """Memory the model takes while loaded or loading (an estimate)."""
     def __init__(
         self,
         *,
@@ -421,10 +514,11 @@ class Placement(_message.Message):
         updated_at_unix_ms: _builtins.int = ...,
         link_address: _builtins.str = ...,
         decoupled: _builtins.bool = ...,
+        memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "decoupled", b"decoupled", "link_address", b"link_address", "model", b"model", "platform", b"platform", "reason", b"reason", "runtime_id", b"runtime_id", "runtime_kind", b"runtime_kind", "state", b"state", "updated_at_unix_ms", b"updated_at_unix_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "decoupled", b"decoupled", "link_address", b"link_address", "memory_bytes", b"memory_bytes", "model", b"model", "platform", b"platform", "reason", b"reason", "runtime_id", b"runtime_id", "runtime_kind", b"runtime_kind", "state", b"state", "updated_at_unix_ms", b"updated_at_unix_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -522,19 +616,25 @@ class ListModelsResponse(_message.Message):
 
     PLACEMENTS_FIELD_NUMBER: _builtins.int
     PIPELINES_FIELD_NUMBER: _builtins.int
+    CATALOG_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def placements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Placement]: ...
     @_builtins.property
     def pipelines(self) -> _containers.RepeatedCompositeFieldContainer[Global___Pipeline]: ...
+    @_builtins.property
+    def catalog(self) -> _containers.RepeatedCompositeFieldContainer[Global___CatalogModel]:
+        """Registered models (the catalog), loaded anywhere or not."""
+
     def __init__(
         self,
         *,
         placements: _abc.Iterable[Global___Placement] | None = ...,
         pipelines: _abc.Iterable[Global___Pipeline] | None = ...,
+        catalog: _abc.Iterable[Global___CatalogModel] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pipelines", b"pipelines", "placements", b"placements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["catalog", b"catalog", "pipelines", b"pipelines", "placements", b"placements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
