@@ -38,3 +38,6 @@ class ModelEntry:
     hits: int = 0
     last_used: float = 0.0
     inflight: int = 0
+    # Calls per second lately (see RuntimeServer._report_load) and the hits it was last measured at.
+    calls_per_s: float = 0.0
+    counted_hits: int = 0

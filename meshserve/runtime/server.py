@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 S = TypeVar("S", bound=ModelRuntimeSettings)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+LOAD_REPORT_S = 1.0
+LOAD_SMOOTHING = 0.5
 _PLACEMENT_STATES = {
     State.AVAILABLE: reg_pb.MODEL_STATE_AVAILABLE,
     State.LOADING: reg_pb.MODEL_STATE_LOADING,
@@ -47,6 +50,7 @@ def placement(entry: ModelEntry) -> reg_pb.Placement:
     return reg_pb.Placement(
         model=entry.name, version=entry.version, state=_PLACEMENT_STATES[entry.state],
         reason=entry.reason, platform=entry.platform, memory_bytes=entry.memory_bytes,
+        calls_per_s=round(entry.calls_per_s, 1),
     )
 
 
@@ -77,6 +81,7 @@ class RuntimeServer:
         self.link: LinkServer | None = None
         self.link_address = ""
         self._idle_task: asyncio.Task[None] | None = None
+        self._load_task: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -115,6 +120,7 @@ class RuntimeServer:
         self.dataplane.ready = True
         if self.settings.idle_unload_s:
             self._idle_task = asyncio.create_task(self._unload_idle(), name="idle-unload")
+        self._load_task = asyncio.create_task(self._report_load(), name="report-load")
         log.info("%s runtime %s serving %s on %s", self.kind, self.runtime_id, self.settings.model_repository,
                  self.address)
 
@@ -126,6 +132,32 @@ class RuntimeServer:
                 await self.repository.unload_idle()
             except Exception:  # keep the loop alive; the next round tries again
                 log.exception("unloading idle models failed")
+
+    async def _report_load(self) -> None:
+        """Keep each ready version's calls per second (a moving average) and publish marked changes.
+
+        A placement is rewritten only when its rate moved by a quarter (and by at least one
+        call per second), so steady traffic costs etcd nothing.
+        """
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(LOAD_REPORT_S)
+            now = time.monotonic()
+            elapsed, last = now - last, now
+            for entry in self.repository.entries():
+                if entry.state is not State.READY:
+                    entry.calls_per_s = 0.0
+                    continue
+                fresh = max(entry.hits - entry.counted_hits, 0) / elapsed if entry.hits >= entry.counted_hits else 0.0
+                entry.counted_hits = entry.hits
+                published = entry.calls_per_s
+                rate = LOAD_SMOOTHING * fresh + (1 - LOAD_SMOOTHING) * published
+                entry.calls_per_s = rate
+                if abs(rate - published) >= max(1.0, 0.25 * published):
+                    try:
+                        await self._publish(entry)
+                    except Exception:  # the registration retries writes itself
+                        log.debug("publishing the load of %s failed", entry.name, exc_info=True)
 
     async def _register(self) -> None:
         runtime = reg_pb.Runtime(
@@ -144,8 +176,9 @@ class RuntimeServer:
     async def stop(self, grace: float = 2.0) -> None:
         """Leave the registry at once, finish calls in flight, unload every model."""
         self.dataplane.ready = False
-        if self._idle_task is not None:
-            self._idle_task.cancel()
+        for task in (self._idle_task, self._load_task):
+            if task is not None:
+                task.cancel()
         if self.registration is not None:
             await self.registration.stop()
             self.registration = None

@@ -105,14 +105,15 @@ class Placer:
         log.info("another router is placing %s version %s: waiting for it", model, version)
         return None
 
-    def _load_target(self, model: str, version: str) -> tuple[Replica, str, int]:
+    def _load_target(self, model: str, version: str, exclude: frozenset[str] = frozenset(),
+                     ) -> tuple[Replica, str, int]:
         """(runtime to load on, artifact, memory estimate): the catalog's kind with the most free memory."""
         entry = self.cache.catalog.get(model)
         listed = entry.versions.get(version) if entry is not None else None
         if listed is None:
             raise NotFound(f"model {model!r} version {version!r} left the catalog")
         kind, artifact, memory = listed.runtime_kind, listed.artifact, listed.memory_bytes
-        candidates = [r for r in self.cache.runtimes.values() if r.kind == kind]
+        candidates = [r for r in self.cache.runtimes.values() if r.kind == kind and r.id not in exclude]
         if not candidates:
             raise FailedPrecondition(f"model {model!r} version {version!r} needs a {kind} runtime and none is in "
                                      "the mesh; start one")
@@ -129,8 +130,40 @@ class Placer:
     def _loaded(self, runtime_id: str) -> int:
         return sum(1 for (_, _, rid), p in self.cache.placements.items() if rid == runtime_id and p.state in _HOLDING)
 
-    async def _load(self, model: str, version: str) -> None:
-        target, artifact, memory = self._load_target(model, version)
+    def holders(self, model: str, version: str) -> dict[str, pb.Placement]:
+        """Runtime id -> placement of every copy of this version that is loaded or loading."""
+        return {rid: p for (m, v, rid), p in self.cache.placements.items()
+                if m == model and v == version and p.state in _HOLDING}
+
+    def can_add_copy(self, model: str, version: str) -> bool:
+        entry = self.cache.catalog.get(model)
+        listed = entry.versions.get(version) if entry is not None else None
+        if listed is None:
+            return False
+        held = self.holders(model, version)
+        return any(r.kind == listed.runtime_kind and r.id not in held for r in self.cache.runtimes.values())
+
+    async def add_copy(self, model: str, version: str) -> None:
+        """Load one more copy of a catalog version, on a runtime of its kind that holds none."""
+        await self._load(model, version, exclude=frozenset(self.holders(model, version)))
+
+    async def remove_copy(self, model: str, version: str, runtime_id: str) -> None:
+        """Unload the copy of this version on ``runtime_id``."""
+        runtime = self.cache.runtimes.get(runtime_id)
+        if runtime is None:
+            return
+        target = Replica(runtime.id, runtime.kind, runtime.address, runtime.link_address)
+        request = oip.RepositoryModelUnloadRequest(model_name=model, parameters=load_parameters(version))
+        log.info("unloading a copy of %s version %s from %s", model, version, runtime_id)
+        try:
+            await self.pool.get(target).unary("RepositoryModelUnload")(
+                request.SerializeToString(), timeout=self.load_timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise error_for(e.code(), f"unloading model {model!r} version {version!r} from {runtime_id}: "
+                                      f"{e.details() or e.code().name}") from e
+
+    async def _load(self, model: str, version: str, exclude: frozenset[str] = frozenset()) -> None:
+        target, artifact, memory = self._load_target(model, version, exclude)
         request = oip.RepositoryModelLoadRequest(model_name=model,
                                                  parameters=load_parameters(version, artifact, memory))
         log.info("placing %s version %s on %s", model, version, target.runtime_id)

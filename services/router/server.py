@@ -28,6 +28,7 @@ from .forward import Forwarder
 from .placement import Placer
 from .replicas import ConnectionPool
 from .resolve import Resolver
+from .scaler import Scaler
 from .servicer import MeshServicer
 from .settings import RouterSettings
 
@@ -56,7 +57,10 @@ class Router:
         self.pool = ConnectionPool(settings.max_message_bytes, settings.use_link, eject_s=settings.eject_s,
                                    breaker_failures=settings.breaker_failures)
         self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed)
-        resolver = Resolver(self.cache, Placer(self.cache, self.pool, load_timeout_s=settings.load_wait_s))
+        placer = Placer(self.cache, self.pool, load_timeout_s=settings.load_wait_s)
+        resolver = Resolver(self.cache, placer)
+        self.scaler = Scaler(self.cache, placer, target_calls_per_s=settings.scale_calls_per_s,
+                             down_after_s=settings.scale_down_after_s, interval_s=settings.scale_interval_s)
         publisher = None
         if settings.nats_url:
             spool = Spool(settings.data_dir / "audit-spool", settings.audit_spool_max_bytes)
@@ -100,6 +104,7 @@ class Router:
     async def start(self) -> None:
         """Load the registry, then listen on the configured port (see :attr:`address`)."""
         await self.cache.start(wait=self.settings.etcd_wait_s)
+        self.scaler.start()
         await self.audit.start()
         if not self.audit.enabled:
             log.warning("auditing is OFF: no --nats-url, so calls leave no audit trail")
@@ -115,6 +120,7 @@ class Router:
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.grpc.stop(grace)
+        await self.scaler.stop()
         await self.audit.stop()
         await self.cache.stop()
         await self.pool.close()

@@ -59,3 +59,9 @@ class RouterSettings(JwtSettings, ServiceSettings):
     retry_min_s: float = Field(
         0.01, ge=0, description="no retry once less than this is left of the caller's deadline"
     )
+    scale_calls_per_s: float = Field(
+        100.0, ge=0, description="calls per second per copy of a catalog model before another copy is loaded "
+        "(0: never add copies)")
+    scale_down_after_s: float = Field(
+        60.0, gt=0, description="how long a catalog model needs fewer copies before one is unloaded")
+    scale_interval_s: float = Field(2.0, gt=0, description="how often the scaling router looks at the load")

@@ -27,14 +27,11 @@ from e2e.helpers import (
     runtime_process,
 )
 
-from meshserve import catalog
+from e2e_catalog.helpers import MiB, placements, ready_models, register
 from meshserve.local.etcd import EtcdServer
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
-from meshserve.registry import keys
-from meshserve.registry.etcd import read_records, with_etcd
 
 BUDGET_MB = 4
-MiB = 1024 * 1024
 
 
 @dataclass
@@ -45,24 +42,9 @@ class Mesh:
     runtime_id: str
 
 
-def register(etcd: str, name: str, artifact: str = "iris/1", memory_mb: int = 1) -> None:
-    with_etcd(etcd, lambda client: catalog.register(client, name, "1", kind="python", artifact=artifact,
-                                                    memory_bytes=memory_mb * MiB))
-
-
 def loads(mesh: Mesh, name: str) -> int:
     """How many times the runtime loaded ``name`` (from its log)."""
     return mesh.runtime_log.read_text().count(f"loaded model {name} version 1 ")
-
-
-def placements(etcd: str) -> dict[tuple[str, str, str], pb.Placement]:
-    found = with_etcd(etcd, lambda client: read_records(
-        client, keys.PLACEMENTS, lambda key: "/".join(keys.parse_placement_key(key) or ()), pb.Placement))
-    return {tuple(k.split("/")): v for k, v in found.items()}  # type: ignore[misc]
-
-
-def ready_models(etcd: str) -> set[str]:
-    return {m for (m, _, _), p in placements(etcd).items() if p.state == pb.MODEL_STATE_READY}
 
 
 @pytest.fixture(scope="module")

@@ -482,6 +482,7 @@ class Placement(_message.Message):
     LINK_ADDRESS_FIELD_NUMBER: _builtins.int
     DECOUPLED_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    CALLS_PER_S_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.str
     runtime_id: _builtins.str
@@ -500,6 +501,10 @@ class Placement(_message.Message):
     """
     memory_bytes: _builtins.int
     """Memory the model takes while loaded or loading (an estimate)."""
+    calls_per_s: _builtins.float
+    """Calls per second this copy served lately (a moving average the runtime updates when
+    it changes markedly); routers add copies of a catalog model as it rises.
+    """
     def __init__(
         self,
         *,
@@ -515,10 +520,11 @@ class Placement(_message.Message):
         link_address: _builtins.str = ...,
         decoupled: _builtins.bool = ...,
         memory_bytes: _builtins.int = ...,
+        calls_per_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "decoupled", b"decoupled", "link_address", b"link_address", "memory_bytes", b"memory_bytes", "model", b"model", "platform", b"platform", "reason", b"reason", "runtime_id", b"runtime_id", "runtime_kind", b"runtime_kind", "state", b"state", "updated_at_unix_ms", b"updated_at_unix_ms", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "calls_per_s", b"calls_per_s", "decoupled", b"decoupled", "link_address", b"link_address", "memory_bytes", b"memory_bytes", "model", b"model", "platform", b"platform", "reason", b"reason", "runtime_id", b"runtime_id", "runtime_kind", b"runtime_kind", "state", b"state", "updated_at_unix_ms", b"updated_at_unix_ms", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
