@@ -84,4 +84,5 @@ bench: venv examples bench-deps
 	$(BIN)/python bench/tls.py
 	$(BIN)/python bench/coldstart.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/sizing.py
 	$(BIN)/python -m meshserve.services.audit.bench --events 50000

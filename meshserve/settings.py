@@ -53,6 +53,15 @@ class RuntimeSettings(ServiceSettings):
     link_port: int = Field(
         0, ge=-1, description="port of the mesh link routers call ModelInfer over; 0 picks a free one, -1 disables it"
     )
+    advertise_host: str = Field(
+        "", description="host name or address routers reach this runtime at, as registered (default: host; "
+        "set it when host is 0.0.0.0)")
+
+    def advertised(self, address: str) -> str:
+        """``address`` (host:port as bound) with the host routers should dial."""
+        if not self.advertise_host or not address:
+            return address
+        return f"{self.advertise_host}:{address.rpartition(':')[2]}"
 
 
 S = TypeVar("S", bound=BaseSettings)

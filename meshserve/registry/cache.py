@@ -61,6 +61,9 @@ class RegistryCache:
         self.endpoint = endpoint
         self.runtimes: dict[str, pb.Runtime] = {}
         self.placements: dict[tuple[str, str, str], pb.Placement] = {}
+        # The same placements by model, then (version, runtime id): a watch event rebuilds
+        # one model's view without scanning the whole registry.
+        self._by_model: dict[str, dict[tuple[str, str], pb.Placement]] = {}
         self.models: dict[str, ModelView] = {}
         self.audit_policies: dict[str, audit_pb2.AuditPolicy] = {}
         # How each model's calls choose a version (aliases, default, splits, shadows).
@@ -131,6 +134,7 @@ class RegistryCache:
         snapshot = await self._client.get_prefix(keys.ROOT.encode())
         self.runtimes.clear()
         self.placements.clear()
+        self._by_model.clear()
         for _, records, _ in self._model_records:
             records.clear()
         for kv in snapshot:
@@ -146,10 +150,11 @@ class RegistryCache:
         placement = keys.parse_placement_key(key)
         if placement is not None:
             try:
-                self.placements[placement] = pb.Placement.FromString(value)
+                record = self.placements[placement] = pb.Placement.FromString(value)
             except Exception:  # noqa: BLE001 - a bad record must not stop the router
                 log.warning("ignoring unreadable placement record at %r", key)
                 return None
+            self._by_model.setdefault(placement[0], {})[placement[1:]] = record
             return placement[0]
         runtime_id = keys.parse_runtime_key(key)
         if runtime_id is not None:
@@ -169,6 +174,11 @@ class RegistryCache:
         placement = keys.parse_placement_key(key)
         if placement is not None:
             self.placements.pop(placement, None)
+            held = self._by_model.get(placement[0])
+            if held is not None:
+                held.pop(placement[1:], None)
+                if not held:
+                    del self._by_model[placement[0]]
             return placement[0]
         runtime_id = keys.parse_runtime_key(key)
         if runtime_id is not None:
@@ -182,12 +192,9 @@ class RegistryCache:
 
     def _rebuild(self, changed: set[str] | None) -> None:
         """Recompute the views of the changed models (of all models when None)."""
-        names = changed if changed is not None else {p[0] for p in self.placements} | set(self.models)
-        by_model: dict[str, list[pb.Placement]] = {name: [] for name in names}
-        for (model, _, _), placement in self.placements.items():
-            if model in by_model:
-                by_model[model].append(placement)
-        for name, placements in by_model.items():
+        names = changed if changed is not None else set(self._by_model) | set(self.models)
+        for name in names:
+            placements = list(self._by_model.get(name, {}).values())
             if not placements:
                 if self.models.pop(name, None) is not None:
                     self.departed[name] = time.monotonic()

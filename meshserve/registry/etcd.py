@@ -20,6 +20,9 @@ T = TypeVar("T")
 
 
 TLS_SCHEME = "https://"
+# A router reads the whole registry in one range request at start: 10,000 models on two
+# runtimes each are about 5 MiB, past gRPC's default 4 MiB limit on a received message.
+CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 512 * 1024 * 1024),)
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int]:
@@ -62,7 +65,7 @@ async def connect(endpoint: str, *, wait: float = 10.0, call_timeout: float = 5.
     """
     host, port = split_endpoint(endpoint)
     client_class = _TlsClient if endpoint.startswith(TLS_SCHEME) else aetcd.Client
-    client = client_class(host=host, port=port, timeout=int(max(1, call_timeout)))
+    client = client_class(host=host, port=port, timeout=int(max(1, call_timeout)), options=dict(CHANNEL_OPTIONS))
     deadline = time.monotonic() + wait
     delay = 0.05
     while True:

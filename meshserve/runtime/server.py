@@ -161,8 +161,9 @@ class RuntimeServer:
 
     async def _register(self) -> None:
         runtime = reg_pb.Runtime(
-            id=self.runtime_id, kind=self.kind, address=self.address,
-            started_at_unix_ms=now_ms(), version=meshserve.__version__, link_address=self.link_address,
+            id=self.runtime_id, kind=self.kind, address=self.settings.advertised(self.address),
+            started_at_unix_ms=now_ms(), version=meshserve.__version__,
+            link_address=self.settings.advertised(self.link_address),
             memory_budget_bytes=self.repository.residency.budget_bytes,
         )
         self.registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s)
