@@ -86,3 +86,4 @@ bench: venv examples bench-deps
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/sizing.py
 	$(BIN)/python -m meshserve.services.audit.bench --events 50000
+	$(BIN)/python bench/report.py

@@ -26,6 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.h2load import available as h2load_available  # noqa: E402
+from bench.h2load import run_h2load  # noqa: E402
 from bench.loadgen import Result, run_load  # noqa: E402
 from meshserve.local.mesh import LocalMesh, MeshConfig  # noqa: E402
 from meshserve.local.process import start_service  # noqa: E402
@@ -56,6 +58,7 @@ class Scenario:
     targets: tuple[Target, ...]
 
 
+SWEEP = (1, 2, 4, 8, 16, 32)
 DIRECT, ROUTER, NO_AUDIT, GRPC_HOP = "direct", "router", "router, audit off", "router, gRPC hop"
 # Ratios printed for every scenario: (label, side, base).
 RATIOS = ((f"{ROUTER} / {DIRECT}", ROUTER, DIRECT), (f"{NO_AUDIT} / {DIRECT}", NO_AUDIT, DIRECT),
@@ -127,6 +130,37 @@ def report(scenario: Scenario, results: dict[str, Result]) -> tuple[list[str], d
     return lines, record, ok
 
 
+def save_samples(index: int, results: dict[str, Result]) -> None:
+    """Every call's latency of each set-up, for the report's distribution plots."""
+    samples = ROOT / "bench" / "results" / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(samples / f"router_vs_direct-{index}.npz",
+                        **{side: res.latencies_s for side, res in results.items()})
+
+
+def sweep(direct: str, router: str) -> None:
+    """Throughput (and p50) against concurrency, direct and through the router, alternating per level."""
+    request = build_request("iris", {"features": np.ones((1, 4), dtype=np.float32)}).SerializeToString()
+    client = "h2load" if h2load_available() else "Python load generator"
+    throughput: dict[str, dict[str, float]] = {DIRECT: {}, ROUTER: {}}
+    p50: dict[str, dict[str, float]] = {DIRECT: {}, ROUTER: {}}
+    print(f"\nthroughput against concurrency, iris 1 row ({client})")
+    for level in SWEEP:
+        for side, address in ((DIRECT, direct), (ROUTER, router)):
+            if h2load_available():
+                res = run_h2load(address, request, concurrency=level, warmup_s=0.3, duration_s=1.5)
+            else:
+                res = run_load(address, request, concurrency=level, processes=min(level, 4), warmup_s=0.3,
+                               duration_s=1.5)
+            throughput[side][str(level)], p50[side][str(level)] = res.throughput, res.percentile_ms(50)
+        print(f"  {level:3d} concurrent: direct {throughput[DIRECT][str(level)]:7.0f}/s, "
+              f"router {throughput[ROUTER][str(level)]:7.0f}/s", flush=True)
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "concurrency.json").write_text(json.dumps({"client": client, "throughput": throughput, "p50_ms": p50},
+                                                     indent=2))
+
+
 @contextlib.contextmanager
 def extra_router(mesh: LocalMesh, name: str, *flags: str) -> Iterator[str]:
     """Another router on the mesh's registry, set up differently (no audit, no link...)."""
@@ -159,7 +193,10 @@ def main() -> int:
             results = measure(scenario, addresses, args.rounds)
             lines, record, _ = report(scenario, results)
             print("\n".join(lines), flush=True)
+            save_samples(len(records), results)
             records.append(record)
+        if not args.only:
+            sweep(mesh.runtime_address, mesh.router_address)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "router_vs_direct.json").write_text(json.dumps(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +86,11 @@ def main() -> None:
     print(f"audit ingest into SQLite, {args.events} events, batches of {args.batch_size}:")
     print(f"  JetStream -> consumer -> SQLite: {nats_rate:,.0f} events/s (connection setup included)")
     print(f"  store alone (decode, chain, commit): {store_rate:,.0f} events/s")
+    results = Path(__file__).resolve().parents[2] / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "audit_ingest.json").write_text(json.dumps({
+        "events": args.events, "batch_size": args.batch_size, "database": "sqlite",
+        "through_nats_events_per_s": nats_rate, "store_alone_events_per_s": store_rate}, indent=2))
 
 
 if __name__ == "__main__":
