@@ -82,6 +82,7 @@ bench: venv examples bench-deps
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/auth.py
 	$(BIN)/python bench/tls.py
+	$(BIN)/python bench/tracing.py
 	$(BIN)/python bench/coldstart.py
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/sizing.py

@@ -39,9 +39,25 @@ class ServiceSettings(BaseSettings):
     tls_ca: Path | None = Field(None, description="mesh CA certificate (PEM); with tls_cert and tls_key turns TLS on")
     tls_cert: Path | None = Field(None, description="this service's certificate (PEM), from `meshserve certs issue`")
     tls_key: Path | None = Field(None, description="this service's private key (PEM)")
+    trace_sample_ratio: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="tracing: share of the calls arriving without a trace that start one (0 turns tracing off, "
+                    "1 traces every call); a call from a sampled trace is always traced (see docs/tracing.md)")
+    otlp_endpoint: str = Field(
+        "", description="OTLP/gRPC collector the spans go to: host:port (plain text) or https://host:port; "
+                        "empty: spans are not exported")
+    trace_export_s: float = Field(1.0, gt=0, description="the longest a finished span waits before it is exported")
 
     # Runtimes answer mesh services only: with TLS on, a caller must present a mesh certificate.
     require_client_cert: ClassVar[bool] = False
+
+
+class MetricsSettings(BaseSettings):
+    """The Prometheus endpoint of a service that serves one (see meshserve/metrics.py)."""
+
+    metrics_port: int = Field(
+        0, ge=-1, description="port serving Prometheus metrics (HTTP /metrics on host); 0 picks a free one, "
+        "-1 disables it")
 
 
 class RuntimeSettings(ServiceSettings):

@@ -60,15 +60,23 @@ def batches(events: Sequence[Event]) -> list[Batch]:
     return out
 
 
+def _events(batch: bytes) -> int:
+    """How many events a serialized CallEventBatch holds."""
+    return len(audit_pb2.CallEventBatch.FromString(batch).events)
+
+
 class EventPublisher:
     def __init__(self, nats_url: str, spool: Spool, *, ack_timeout_s: float = 2.0) -> None:
         self.nats_url = nats_url
         self.spool = spool
         self.ack_timeout_s = ack_timeout_s
-        # Counted in batches (published, spooled) and in events (dropped).
+        # Counted in batches (published, spooled) and in events (dropped and the rest, for metrics).
         self.published = 0
         self.spooled = 0
         self.dropped = 0
+        self.events_published = 0
+        self.events_spooled = 0
+        self.spool_events = 0  # events in the spool now (those left by an earlier run are counted at start)
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -85,8 +93,9 @@ class EventPublisher:
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._connect_forever(), name="audit-connect"),
                        asyncio.create_task(self._replay_forever(), name="audit-replay")]
-        if self.spool.sealed_segments():
+        if segments := self.spool.sealed_segments():
             log.info("audit spool holds %d bytes from before: replaying once the broker answers", self.spool.size)
+            self.spool_events = sum(_events(data) for segment in segments for data in read_segment(segment))
             self._replay_wanted.set()
 
     async def stop(self) -> None:
@@ -107,13 +116,16 @@ class EventPublisher:
         """Deliver events to JetStream, or to the spool; never raises."""
         grouped = batches(events)
         failed = await self._send(grouped) if self.connected else grouped
+        unacked = len(events) if len(failed) == len(grouped) else sum(_events(data) for _, data in failed)
+        self.events_published += len(events) - unacked
         if failed:
-            self._to_spool(failed)
+            self._to_spool(failed, unacked)
 
     async def publish_durably(self, event: Event) -> None:
         """Deliver one event, or spool it on disk (fsync); Unavailable if neither is possible."""
         grouped = batches([event])
         if self.connected and not await self._send(grouped):
+            self.events_published += 1
             return
         try:
             self.spool.append([data for _, data in grouped], sync=True)
@@ -121,6 +133,8 @@ class EventPublisher:
             raise Unavailable(f"the audit event could not be durably queued: the broker at {self.nats_url} "
                               f"is unreachable and {e}") from e
         self.spooled += 1
+        self.events_spooled += 1
+        self.spool_events += 1
         self._replay_wanted.set()
 
     async def _send(self, grouped: Sequence[Batch]) -> list[Batch]:
@@ -145,14 +159,15 @@ class EventPublisher:
         self.published += len(grouped) - len(failed)
         return failed
 
-    def _to_spool(self, grouped: Sequence[Batch]) -> None:
+    def _to_spool(self, grouped: Sequence[Batch], events: int) -> None:
         try:
             self.spool.append([data for _, data in grouped])
             self.spooled += len(grouped)
+            self.events_spooled += events
+            self.spool_events += events
         except (SpoolFull, OSError) as e:
-            lost = sum(len(audit_pb2.CallEventBatch.FromString(data).events) for _, data in grouped)
-            self.dropped += lost
-            log.error("LOST %d audit events (%d so far): %s", lost, self.dropped, e)
+            self.dropped += events
+            log.error("LOST %d audit events (%d so far): %s", events, self.dropped, e)
             return
         self._replay_wanted.set()
 
@@ -210,10 +225,14 @@ class EventPublisher:
                 self._replay_wanted.set()
 
     async def _replay(self, segment: Path) -> bool:
-        grouped = [(audit_pb2.CallEventBatch.FromString(data).batch_id, data) for data in read_segment(segment)]
+        parsed = [(audit_pb2.CallEventBatch.FromString(data), data) for data in read_segment(segment)]
+        grouped = [(batch.batch_id, data) for batch, data in parsed]
         for start in range(0, len(grouped), 100):
             if await self._send(grouped[start:start + 100]):
                 return False
         self.spool.remove(segment)
+        events = sum(len(batch.events) for batch, _ in parsed)
+        self.events_published += events
+        self.spool_events = max(0, self.spool_events - events)
         log.info("replayed %d spooled audit batches from %s", len(grouped), segment.name)
         return True

@@ -4,6 +4,7 @@
     meshserve models                  # models in the mesh
     meshserve runtimes                # live runtimes
     meshserve infer iris --json '{"features": [[5.1, 3.5, 1.4, 0.2]]}'
+    meshserve top                     # live calls/s, errors, p50/p99 per model (routers' metrics)
     meshserve router --port 8001 ...  # one service in the foreground
     meshserve runtime python --model-repository examples/models ...
     meshserve audit query --model iris  # the audit trail (also: tail, verify, export)
@@ -29,6 +30,7 @@ from meshserve.cli.pipelines import pipeline_app
 from meshserve.cli.registry import models_app, runtimes
 from meshserve.cli.routes import alias_app, route_app
 from meshserve.cli.services import PASS_THROUGH, router, runtime_app
+from meshserve.cli.top import top
 from meshserve.cli.up import up
 
 app = typer.Typer(
@@ -51,6 +53,7 @@ app.command()(up)
 app.add_typer(models_app, name="models")
 app.command()(runtimes)
 app.command()(infer)
+app.command()(top)
 app.command(context_settings=PASS_THROUGH, add_help_option=False)(router)
 app.add_typer(runtime_app, name="runtime")
 app.add_typer(audit_app, name="audit")

@@ -90,10 +90,15 @@ def _write_announce(path: Path, mesh: LocalMesh) -> None:
     data = {"pid": os.getpid(), "router": mesh.router_address, "routers": mesh.router_addresses,
             "etcd": mesh.etcd_endpoint, "runtime": mesh.runtime_address, "runtime_id": mesh.runtime_id,
             "nats": mesh.nats_url, "audit": mesh.audit_address, "triton": mesh.addresses.get("triton", ""),
-            "children": mesh.pids(), "data_dir": str(mesh.data_dir)}
+            "children": mesh.pids(), "data_dir": str(mesh.data_dir), "metrics": mesh.metrics_addresses}
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
+
+
+def _metrics_url(mesh: LocalMesh, name: str) -> str:
+    address = mesh.metrics_addresses.get(name, "")
+    return f"http://{address}/metrics" if address else ""
 
 
 def _wait(mesh: LocalMesh) -> str | None:
@@ -172,6 +177,8 @@ def up(
             (label, address, str(pids.get(name, "-"))) for label, name, address in (
                 *((f"{name.replace('-', ' ')} (OIP gRPC)", name, mesh.addresses.get(name, ""))
                   for name in mesh.router_names()),
+                *((f"{name.replace('-', ' ')} metrics (Prometheus)", name, _metrics_url(mesh, name))
+                  for name in mesh.router_names()),
                 ("python runtime", "runtime", mesh.runtime_address),
                 ("R runtime", "r-runtime", mesh.addresses.get("r-runtime", "")),
                 ("Triton (gRPC)", "triton", mesh.addresses.get("triton", "")),
@@ -197,6 +204,9 @@ def up(
         console.print("try:")
         console.print(grpcurl_command(mesh.router_address, mesh.tls_files("operator")[0] if tls else None),
                       markup=False, soft_wrap=True)
+        if watched := [mesh.metrics_addresses[n] for n in mesh.router_names() if n in mesh.metrics_addresses]:
+            console.print("watch the calls: meshserve top" + "".join(f" --metrics {a}" for a in watched),
+                          markup=False, soft_wrap=True)
         console.print("[bold]Ctrl-C to stop[/]")
         if announce_file is not None:
             _write_announce(announce_file, mesh)

@@ -13,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from meshserve import tls
+from meshserve import tls, tracing
 from meshserve.protos._pool import POOL
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,14 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
 
 
 class ServiceServer:
-    """An aio gRPC server with health checking and reflection for the named services."""
+    """An aio gRPC server with health checking and reflection for the named services.
+
+    With tracing on in this process (:mod:`meshserve.tracing`), its calls get server spans.
+    """
 
     def __init__(self, service_names: Iterable[str], *, max_message_bytes: int) -> None:
-        self.server = grpc.aio.server(options=server_options(max_message_bytes))
+        self.server = grpc.aio.server(options=server_options(max_message_bytes),
+                                      interceptors=tracing.server_interceptors() or None)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = [*service_names, health.SERVICE_NAME]

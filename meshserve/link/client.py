@@ -8,12 +8,16 @@ from collections.abc import Mapping
 
 import grpc
 
-from meshserve import tls
+from meshserve import tls, tracing
 from meshserve.errors import DeadlineExceeded, Internal, Unavailable, error_for
 from meshserve.link import frames
 from meshserve.link.frames import FrameReader, ProtocolError
 
 log = logging.getLogger(__name__)
+
+# Traced calls' span names: those of the gRPC methods the link's methods stand for.
+SPAN_NAMES = {frames.MODEL_INFER: "inference.GRPCInferenceService/ModelInfer"}
+LINK_SYSTEM = "meshserve_link"  # the spans' rpc.system
 
 
 class LinkClient(frames.FramedProtocol):
@@ -88,8 +92,16 @@ class LinkClient(frames.FramedProtocol):
 
         ``remaining_s`` is the caller's remaining deadline: the runtime gets it with the
         request, and the call fails with DEADLINE_EXCEEDED (and is cancelled in the
-        runtime) when it runs out.
+        runtime) when it runs out. With tracing on, the call gets a client span whose
+        context travels in the frame's metadata (``traceparent``).
         """
+        if tracing.active:
+            with tracing.client_span(SPAN_NAMES.get(method, f"meshserve.link/{method}"), self.address, LINK_SYSTEM):
+                return await self._call(method, payload, remaining_s, tracing.with_context(metadata))
+        return await self._call(method, payload, remaining_s, metadata)
+
+    async def _call(self, method: int, payload: bytes, remaining_s: float | None,
+                    metadata: Mapping[str, str] | None) -> bytes:
         writer = self._writer
         if self.closed or writer is None:
             raise Unavailable(f"mesh link to {self.address} is closed")

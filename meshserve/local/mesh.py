@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ROUTER_PORT = 8001
 DEFAULT_AUDIT_PORT = 8003
+DEFAULT_ROUTER_METRICS_PORT = 8002
 DEFAULT_ETCD_PORT = 2379
 DEFAULT_NATS_PORT = 4222
 # Certificates a TLS mesh issues: one per service, and "operator" for commands run on this host.
@@ -65,6 +66,9 @@ class MeshConfig:
     nats_port: int | None = None
     runtime_port: int = 0
     audit_port: int = DEFAULT_AUDIT_PORT
+    # The first router's Prometheus port (the others take free ports). None: 8002 when the
+    # router port is fixed and 8002 is free and taken by no router or audit port, else free.
+    router_metrics_port: int | None = None
     # Run NATS and the audit service, and have the router emit call events.
     audit: bool = True
     # Run the R runtime on the same model repository (when Rscript is installed).
@@ -82,6 +86,15 @@ class MeshConfig:
     tls: bool = False
     # Where the audit service stores the trail; default: SQLite in the data directory.
     audit_database: str | None = None
+    # Tracing (docs/tracing.md): every meshserve service samples this share of the calls that
+    # start with it (0: off) and exports spans to the OTLP/gRPC collector at otlp_endpoint,
+    # at most trace_export_s after they end.
+    trace_sample_ratio: float = 0.0
+    otlp_endpoint: str = ""
+    trace_export_s: float = 1.0
+    # Triton's own OpenTelemetry tracing: the OTLP/HTTP URL its spans go to ("" = Triton does
+    # not trace). It joins the trace of each call the router sends it.
+    triton_trace_url: str = ""
     # None: a temporary directory, removed on stop. Otherwise kept.
     data_dir: Path | None = None
     start_timeout_s: float = 60.0
@@ -111,6 +124,8 @@ class LocalMesh:
         self._children: dict[str, ManagedProcess] = {}
         self._stops: list[tuple[str, Callable[[], None]]] = []
         self.addresses: dict[str, str] = {}
+        # name -> host:port of the service's Prometheus /metrics, for those that serve one
+        self.metrics_addresses: dict[str, str] = {}
         self.runtime_id = ""
 
     # -- addresses -------------------------------------------------------------
@@ -218,6 +233,13 @@ class LocalMesh:
         ca, cert, key = self.tls_files(name)
         return ["--tls-ca", str(ca), "--tls-cert", str(cert), "--tls-key", str(key)]
 
+    def _trace_flags(self) -> list[str]:
+        config = self.config
+        if config.trace_sample_ratio <= 0:
+            return []
+        return ["--trace-sample-ratio", str(config.trace_sample_ratio), "--otlp-endpoint", config.otlp_endpoint,
+                "--trace-export-s", str(config.trace_export_s)]
+
     def _port(self, wanted: int | None, usual: int) -> int:
         if wanted is None:
             return usual if port_is_free(self.config.host, usual) else 0
@@ -251,7 +273,7 @@ class LocalMesh:
         """Start a meshserve service and wait for its announce file (TLS: certificate ``cert``, else ``name``)."""
         proc, info = start_service(
             name, module, ["--host", self.config.host, "--log-level", self.config.log_level,
-                           *self._tls_flags(cert or name),
+                           *self._tls_flags(cert or name), *self._trace_flags(),
                            *args], self.data_dir,
             timeout=self.config.start_timeout_s, env=self.config.extra_env or None,
             log_path=self.log_dir / f"{name}.log",
@@ -259,6 +281,8 @@ class LocalMesh:
         self._stops.append((name, proc.stop))
         self._children[name] = proc
         self.addresses[name] = str(info["address"])
+        if info.get("metrics_address"):
+            self.metrics_addresses[name] = str(info["metrics_address"])
         return info
 
     def _start_audit(self) -> str:
@@ -276,8 +300,21 @@ class LocalMesh:
         audit = ["--nats-url", self.nats_url, "--data-dir", str(self.data_dir / name)] if self.nats else []
         dev = ["--dev-mode"] if self.config.dev_mode else []
         self._service(name, "meshserve.services.router",
-                      ["--port", str(port), "--etcd-endpoint", self.etcd_endpoint, *audit, *dev], cert="router")
+                      ["--port", str(port), "--metrics-port", str(self._router_metrics_port(index)),
+                       "--etcd-endpoint", self.etcd_endpoint, *audit, *dev], cert="router")
         return self.addresses[name]
+
+    def _router_metrics_port(self, index: int) -> int:
+        """The metrics port of the router at ``index`` (see MeshConfig.router_metrics_port); 0: a free one."""
+        wanted = self.config.router_metrics_port
+        if index:
+            return 0
+        if wanted is not None:
+            return wanted
+        config = self.config
+        taken = {config.router_port + i for i in range(config.routers)} | {config.audit_port}
+        usual = DEFAULT_ROUTER_METRICS_PORT
+        return usual if config.router_port and usual not in taken and port_is_free(config.host, usual) else 0
 
     def _start_runtime(self) -> str:
         info = self._service("runtime", "meshserve.runtimes.python", [
@@ -298,7 +335,9 @@ class LocalMesh:
         assert self.config.triton_repository is not None
         server = triton.TritonServer(self.config.triton_repository.resolve(), self.data_dir / "triton",
                                      self.log_dir / "triton.log", host=self.config.host,
-                                     tls_files=self.tls_files("triton") if self.config.tls else None)
+                                     tls_files=self.tls_files("triton") if self.config.tls else None,
+                                     extra_args=triton.trace_args(self.config.triton_trace_url,
+                                                                  export_s=self.config.trace_export_s))
         self.triton = server
         self._stops.append(("triton", server.stop))
         server.start(timeout=self.config.start_timeout_s)

@@ -71,6 +71,22 @@ def prepare_backends(home: Path, target: Path) -> Path:
     return target
 
 
+def trace_args(url: str, rate: int = 1, export_s: float = 5.0) -> tuple[str, ...]:
+    """Flags turning on Triton's own OpenTelemetry tracing, exporting to the OTLP/HTTP ``url``.
+
+    Triton then traces one request in ``rate`` and, for a request carrying a W3C
+    ``traceparent`` (the router sends one with each traced call), makes its spans part of
+    the caller's trace; finished spans wait at most ``export_s`` to be exported. No flags
+    for an empty ``url``.
+    """
+    if not url:
+        return ()
+    config = ["mode=opentelemetry", "level=TIMESTAMPS", f"rate={rate}", "count=-1", f"opentelemetry,url={url}",
+              "opentelemetry,resource=service.name=triton",
+              f"opentelemetry,bsp_schedule_delay={max(1, round(export_s * 1000))}"]
+    return tuple(arg for setting in config for arg in ("--trace-config", setting))
+
+
 def _ready(address: str, credentials: grpc.ChannelCredentials | None = None) -> bool:
     try:
         with (grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)) as channel:

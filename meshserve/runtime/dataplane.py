@@ -7,15 +7,26 @@ The servicer hands over numpy arrays and gets numpy arrays back; errors are
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import grpc
+
+from meshserve import tracing
+from meshserve.errors import MeshError
+
 from .backend import Arrays
 from .entry import ModelEntry, State
 from .manifest import TensorSpec
+from .metrics import RuntimeMetrics
 from .repository import ModelRepository
+
+_OK = grpc.StatusCode.OK
+_CANCELLED = grpc.StatusCode.CANCELLED
+_INTERNAL = grpc.StatusCode.INTERNAL
 
 # RepositoryIndex states, as Triton reports them.
 INDEX_STATES = {
@@ -51,15 +62,53 @@ class IndexEntry:
     reason: str
 
 
+def _predict_span(entry: ModelEntry) -> tracing.Scope:
+    return tracing.span(*_predict_span_args(entry.name, entry.version, entry.platform))
+
+
+@functools.lru_cache(maxsize=1024)
+def _predict_span_args(model: str, version: str, platform: str) -> tuple[str, dict[str, str]]:
+    return f"predict {model}", {"meshserve.model": model, "meshserve.model_version": version,
+                                "meshserve.platform": platform}
+
+
 class DataPlane:
     """Inference, metadata and repository operations over a :class:`ModelRepository`."""
 
-    def __init__(self, repository: ModelRepository, predict_threads: int) -> None:
+    def __init__(self, repository: ModelRepository, predict_threads: int, metrics: RuntimeMetrics | None = None,
+                 ) -> None:
         self.repository = repository
         self.pool = ThreadPoolExecutor(predict_threads, thread_name_prefix="predict")
         self.ready = False
+        self.metrics = metrics if metrics is not None else repository.metrics
 
     async def infer(self, model: str, version: str, inputs: Arrays, requested: Sequence[str]) -> InferResult:
+        """One inference call, counted and timed in the runtime's metrics."""
+        started = time.monotonic()
+        try:
+            result = await self._infer(model, version, inputs, requested)
+        except MeshError as e:
+            self._failed(model, version, e.code, started)
+            raise
+        except asyncio.CancelledError:  # the caller cancelled, or its deadline passed
+            self._failed(model, version, _CANCELLED, started)
+            raise
+        except Exception:
+            self._failed(model, version, _INTERNAL, started)
+            raise
+        self.metrics.done(result.model, result.version, _OK, time.monotonic() - started)
+        return result
+
+    def _failed(self, model: str, version: str, code: grpc.StatusCode, started: float) -> None:
+        """Count a failed call under the version it reached, else the names this runtime knows ("" otherwise)."""
+        entry = self.repository.serving(model, version)
+        if entry is not None:
+            model, version = entry.name, entry.version
+        elif not self.repository.knows(model, version):
+            model, version = (model if self.repository.knows(model) else ""), ""
+        self.metrics.done(model, version, code, time.monotonic() - started)
+
+    async def _infer(self, model: str, version: str, inputs: Arrays, requested: Sequence[str]) -> InferResult:
         entry = self.repository.ready(model, version)
         signature, backend = entry.signature, entry.backend
         assert signature is not None and backend is not None
@@ -69,10 +118,11 @@ class DataPlane:
         entry.last_used = time.monotonic()
         entry.inflight += 1  # a version with calls in flight is never evicted
         try:
-            if backend.is_async:
-                raw = await backend.apredict(inputs, wanted)
-            else:
-                raw = await asyncio.get_running_loop().run_in_executor(self.pool, backend.predict, inputs, wanted)
+            with _predict_span(entry) if tracing.active else tracing.NO_SPAN:
+                if backend.is_async:
+                    raw = await backend.apredict(inputs, wanted)
+                else:
+                    raw = await asyncio.get_running_loop().run_in_executor(self.pool, backend.predict, inputs, wanted)
         finally:
             entry.inflight -= 1
         return InferResult(entry.name, entry.version, signature.cast_outputs(raw, wanted), signature.datatypes)

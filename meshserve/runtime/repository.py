@@ -21,6 +21,7 @@ from meshserve.names import check_model_name, check_version, version_sort_key
 from .backend import BackendLoader
 from .entry import ModelEntry, State
 from .manifest import MANIFEST, parse_manifest, read_manifest, runtime_of
+from .metrics import EVICTED, IDLE, REQUESTED, STOPPING, RuntimeMetrics
 from .residency import Residency, folder_bytes
 from .signature import Signature
 
@@ -34,12 +35,14 @@ class ModelRepository:
     """Every model version under ``root`` served by runtimes of ``kind``, loaded by ``loader``."""
 
     def __init__(self, root: Path, kind: str, loader: BackendLoader, on_change: OnChange | None = None, *,
-                 residency: Residency | None = None, artifact_roots: Sequence[Path] = ()) -> None:
+                 residency: Residency | None = None, artifact_roots: Sequence[Path] = (),
+                 metrics: RuntimeMetrics | None = None) -> None:
         self.root = root
         self.kind = kind
         self.loader = loader
         self.on_change = on_change
         self.residency = residency or Residency()
+        self.metrics = metrics if metrics is not None else RuntimeMetrics()
         # Folders an artifact named by a load request may be in (the repository always is).
         self.artifact_roots = [root.resolve(), *(r.resolve() for r in artifact_roots)]
         self._room = asyncio.Lock()
@@ -121,6 +124,15 @@ class ModelRepository:
         raise NotFound(
             f"model {name!r} has no version {version!r}; versions: {', '.join(e.version for e in entries)}"
         )
+
+    def knows(self, name: str, version: str = "") -> bool:
+        """Whether ``name`` (and ``version``, when given) is in the repository, loaded or not."""
+        versions = self._models.get(name)
+        return versions is not None and (not version or version in versions)
+
+    def serving(self, name: str, version: str) -> ModelEntry | None:
+        """The READY entry a call names (empty version: the latest ready), or None."""
+        return self._ready.get((name, version))
 
     def ready(self, name: str, version: str) -> ModelEntry:
         """The READY entry to serve a call; the error says what to do otherwise."""
@@ -213,37 +225,45 @@ class ModelRepository:
                 # Re-read the manifest: a failed version may have been fixed on disk.
                 self._prepare(entry, read_manifest(entry.path / MANIFEST))
             except MeshError as e:
+                self.metrics.load_failed.inc()
                 await self._set(entry, State.FAILED, e.message)
                 return
             assert entry.manifest is not None
             entry.memory_bytes = memory_bytes or entry.memory_bytes or folder_bytes(entry.path)
             async with self._room:  # one load at a time chooses what to evict
                 for victim in self.residency.victims(self.entries(), entry):
-                    await self._unload_entry(victim, f"evicted to make room for {entry.name} version {entry.version}")
+                    await self._unload_entry(victim, f"evicted to make room for {entry.name} version {entry.version}",
+                                             EVICTED)
                 entry.hits, entry.last_used = 0, time.monotonic()
                 await self._set(entry, State.LOADING)
+            started = time.monotonic()
             try:
                 entry.backend = await self.loader.load(entry.name, entry.version, entry.path, entry.manifest)
             except MeshError as e:
+                self.metrics.load_failed.inc()
                 await self._set(entry, State.FAILED, e.message)
             except Exception as e:  # a model's own code may raise anything
+                self.metrics.load_failed.inc()
                 log.warning("loading %s version %s failed", entry.name, entry.version, exc_info=True)
                 await self._set(entry, State.FAILED, f"{type(e).__name__}: {e}")
             else:
+                self.metrics.load_ok.inc()
+                self.metrics.load_seconds.observe(time.monotonic() - started)
                 log.info("loaded model %s version %s (%s)", entry.name, entry.version, entry.platform)
                 await self._set(entry, State.READY)
 
-    async def unload(self, name: str, version: str = "") -> list[ModelEntry]:
+    async def unload(self, name: str, version: str = "", cause: str = REQUESTED) -> list[ModelEntry]:
         """Unload one version, or every version of ``name``, freeing what they hold."""
         entries = self._select(name, version)
         for entry in entries:
-            await self._unload_entry(entry, "unloaded")
+            await self._unload_entry(entry, "unloaded", cause)
         return entries
 
-    async def _unload_entry(self, entry: ModelEntry, reason: str) -> None:
+    async def _unload_entry(self, entry: ModelEntry, reason: str, cause: str = REQUESTED) -> None:
         async with entry.lock:
             backend, entry.backend = entry.backend, None
             if entry.state is State.READY:
+                self.metrics.unloads.labels(cause).inc()
                 await self._set(entry, State.AVAILABLE, reason)
                 log.info("%s: model %s version %s", reason, entry.name, entry.version)
             if backend is not None:
@@ -256,10 +276,10 @@ class ModelRepository:
         """Unload the versions idle for the residency's ``idle_unload_s``."""
         idle = self.residency.idle(self.entries())
         for entry in idle:
-            await self._unload_entry(entry, f"unloaded after {self.residency.idle_unload_s:g} s without a call")
+            await self._unload_entry(entry, f"unloaded after {self.residency.idle_unload_s:g} s without a call", IDLE)
         return idle
 
     async def close(self) -> None:
         """Unload everything (the runtime is stopping)."""
         for name in list(self._models):
-            await self.unload(name)
+            await self.unload(name, cause=STOPPING)

@@ -14,11 +14,13 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import meshserve
+from meshserve import tracing
 from meshserve.errors import NotFound
 from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
 from meshserve.link.server import LinkServer, serve_link
+from meshserve.metrics import MetricsServer
 from meshserve.protos.inference import grpc_service_pb2 as pb
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as reg_pb
 from meshserve.registry.registration import Registration, now_ms
@@ -27,6 +29,7 @@ from meshserve.settings import load_settings, setup_logging
 from .backend import BackendLoader
 from .dataplane import DataPlane
 from .entry import ModelEntry, State
+from .metrics import RuntimeMetrics
 from .repository import ModelRepository
 from .residency import MiB, Residency
 from .servicer import RAW_REQUEST_METHODS, InferenceServicer
@@ -68,10 +71,15 @@ class RuntimeServer:
         self.kind = kind
         self.loader = loader
         self.runtime_id = settings.runtime_id or default_runtime_id(kind)
+        tracing.setup(settings, kind, self.runtime_id)  # before the server: its interceptors depend on it
         residency = Residency(int(settings.memory_budget_mb * MiB), settings.idle_unload_s)
+        self.metrics = RuntimeMetrics()
         self.repository = ModelRepository(settings.model_repository, kind, loader, on_change=self._publish,
-                                          residency=residency, artifact_roots=settings.artifact_root_paths())
-        self.dataplane = DataPlane(self.repository, settings.predict_threads)
+                                          residency=residency, artifact_roots=settings.artifact_root_paths(),
+                                          metrics=self.metrics)
+        self.dataplane = DataPlane(self.repository, settings.predict_threads, self.metrics)
+        self.metrics.watch(self.repository, self.dataplane.pool, loader)
+        self.metrics_server = MetricsServer(self.metrics.registry)
         self.servicer = InferenceServicer(self.dataplane, kind)
         self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes)
         add_service(self.server.server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self.servicer,
@@ -105,6 +113,7 @@ class RuntimeServer:
     async def start(self) -> None:
         """Bind, start serving, register in etcd, then load the models ``load`` names."""
         to_load = self._models_to_load()
+        self.metrics_server.start(self.settings.host, self.settings.metrics_port)
         await self.loader.start()
         self.server.bind(self.settings.host, self.settings.port, require_client_cert=self.settings.require_client_cert)
         await self.server.start()
@@ -172,7 +181,8 @@ class RuntimeServer:
         await self.registration.start(wait=self.settings.etcd_wait_s)
 
     def announcement(self) -> dict[str, str]:
-        return {"address": self.address, "runtime_id": self.runtime_id, "link_address": self.link_address}
+        return {"address": self.address, "runtime_id": self.runtime_id, "link_address": self.link_address,
+                "metrics_address": self.metrics_server.address}
 
     async def stop(self, grace: float = 2.0) -> None:
         """Leave the registry at once, finish calls in flight, unload every model."""
@@ -188,12 +198,16 @@ class RuntimeServer:
             await self.link.close()
         await self.dataplane.close()
         await self.loader.close()
+        await self.metrics_server.stop()
 
 
 async def serve(runtime: RuntimeServer) -> None:
     """Run ``runtime`` until SIGTERM or SIGINT, then stop it gracefully."""
-    await run_until_signalled(runtime, f"{runtime.kind} runtime {runtime.runtime_id}",
-                              runtime.settings.announce_file)
+    try:
+        await run_until_signalled(runtime, f"{runtime.kind} runtime {runtime.runtime_id}",
+                                  runtime.settings.announce_file)
+    finally:
+        tracing.shutdown()  # the spans not exported yet go now
 
 
 def main(settings_class: type[S], create: Callable[[S], RuntimeServer],

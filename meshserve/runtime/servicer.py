@@ -10,8 +10,10 @@ import grpc
 from google.protobuf.message import DecodeError
 
 import meshserve
+from meshserve import tracing
 from meshserve.errors import InvalidArgument, MeshError, Unimplemented, grpc_errors
 from meshserve.link import MODEL_INFER
+from meshserve.link.client import LINK_SYSTEM, SPAN_NAMES
 from meshserve.oip.codec import decode_inputs, encode_response
 from meshserve.oip.repository import artifact_parameters, version_parameter
 from meshserve.protos.inference import grpc_service_pb2 as pb
@@ -59,9 +61,15 @@ class InferenceServicer:
         )
 
     async def link_handler(self, method: int, payload: bytes, metadata: dict[str, str]) -> bytes:
-        """Calls arriving over the mesh link: the same ModelInfer, framed instead of gRPC."""
+        """Calls arriving over the mesh link: the same ModelInfer, framed instead of gRPC.
+
+        With tracing on, each gets a server span continuing the trace in its metadata.
+        """
         if method != MODEL_INFER:
             raise Unimplemented(f"mesh link method {method} is not served by this runtime")
+        if tracing.active:
+            with tracing.server_span(SPAN_NAMES[method], metadata.items(), LINK_SYSTEM):
+                return (await self.infer(_parse_infer_request(payload))).SerializeToString()
         return (await self.infer(_parse_infer_request(payload))).SerializeToString()
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from meshserve.settings import RuntimeSettings
+from meshserve.settings import MetricsSettings, RuntimeSettings
 
 
 def default_runtime_id(kind: str) -> str:
@@ -16,7 +16,7 @@ def default_runtime_id(kind: str) -> str:
     return f"{kind}-{socket.gethostname()}-{os.getpid()}"
 
 
-class ModelRuntimeSettings(RuntimeSettings):
+class ModelRuntimeSettings(MetricsSettings, RuntimeSettings):
     """Fields of a runtime serving a model repository.
 
     A runtime subclasses this with its own ``model_config`` (environment prefix such as

@@ -110,11 +110,15 @@ def channel_credentials() -> grpc.ChannelCredentials:
                                         certificate_chain=identity.cert)
 
 
-def aio_channel(target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    """An asyncio channel to a mesh service: TLS when this process has an identity."""
+def aio_channel(target: str, options: Sequence[tuple[str, Any]] = (),
+                interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> grpc.aio.Channel:
+    """An asyncio channel to a mesh service: TLS when this process has an identity.
+
+    ``interceptors``: e.g. :func:`meshserve.tracing.client_interceptors` for traced calls.
+    """
     if _identity is None:
-        return grpc.aio.insecure_channel(target, options=options)
-    return grpc.aio.secure_channel(target, channel_credentials(), options=options)
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors or None)
+    return grpc.aio.secure_channel(target, channel_credentials(), options=options, interceptors=interceptors or None)
 
 
 def channel(target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:

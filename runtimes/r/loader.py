@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from meshserve import tracing
 from meshserve.errors import InvalidArgument
 from meshserve.runtime import Arrays, Backend, BackendLoader, Manifest
 
@@ -27,6 +28,12 @@ class RBackend(Backend):
         self.outputs = outputs
 
     async def apredict(self, inputs: Arrays, wanted: Sequence[str]) -> Arrays:
+        if tracing.active:  # a span for the R bridge: the wait for a worker, the pipes, R's predict()
+            with tracing.span("R worker predict", {"meshserve.r.model": self.key}) as current:
+                result = await self.pool.predict(self.key, self.spec, inputs, self.outputs)
+                current.set_attribute("meshserve.r.worker_pid", result.worker_pid)
+                current.set_attribute("meshserve.r.predict_ns", result.r_nanos)
+                return result.outputs
         result = await self.pool.predict(self.key, self.spec, inputs, self.outputs)
         return result.outputs
 

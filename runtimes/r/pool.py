@@ -36,6 +36,8 @@ class PredictResult:
     outputs: dict[str, np.ndarray]
     r_nanos: int
     """Nanoseconds R spent inside ``predict()`` (not loading, not the transport)."""
+    worker_pid: int = 0
+    """The worker that ran it."""
 
 
 @dataclass(eq=False, slots=True)
@@ -81,6 +83,7 @@ class RWorkerPool:
         self._waiting = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.replaced = 0  # workers lost to a crash or a timeout (the runtime's metrics read it)
 
     @property
     def waiting(self) -> int:
@@ -203,7 +206,7 @@ class RWorkerPool:
         self._idle.append(worker)
         self._dispatch()
         try:
-            result = self._result(job, body)
+            result = self._result(job, body, worker.pid)
         except MeshError as e:
             self._fail(job, e)
         else:
@@ -211,7 +214,7 @@ class RWorkerPool:
                 job.future.set_result(result)
 
     @staticmethod
-    def _result(job: _Job, body: bytes) -> PredictResult:
+    def _result(job: _Job, body: bytes, worker_pid: int) -> PredictResult:
         response = protocol.decode_response(body)
         if response.status == Status.BAD_INPUT:
             raise InvalidArgument(f"R: {response.message}")
@@ -223,7 +226,7 @@ class RWorkerPool:
         outputs = {
             name: protocol.as_datatype(name, response.outputs[name], datatype) for name, datatype in job.outputs
         }
-        return PredictResult(outputs, response.r_nanos)
+        return PredictResult(outputs, response.r_nanos, worker_pid)
 
     @staticmethod
     def _fail(job: _Job, error: MeshError) -> None:
@@ -233,6 +236,7 @@ class RWorkerPool:
     def _replace(self, dead: RWorker) -> None:
         self._workers.discard(dead)
         if not self._closed:
+            self.replaced += 1
             self._background(self._respawn())
 
     async def _respawn(self) -> None:

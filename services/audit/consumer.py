@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from meshserve import tls
 from meshserve.audit.stream import BATCH_SUBJECT, STREAM, SUBJECTS, ensure_stream
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 
+from .metrics import AuditMetrics
 from .settings import AuditSettings
 from .store import Incoming, Store
 
@@ -47,15 +49,22 @@ class ConsumerStats:
 class Consumer:
     """Pulls call events from the audit stream into the store until stopped; rides out NATS outages."""
 
-    def __init__(self, store: Store, settings: AuditSettings) -> None:
+    def __init__(self, store: Store, settings: AuditSettings, metrics: AuditMetrics | None = None) -> None:
         self.store = store
         self.settings = settings
         self.stats = ConsumerStats()
+        self.metrics = metrics if metrics is not None else AuditMetrics()
         self.subscribed = asyncio.Event()
         self._nc: Any = None
         self._stopping = False
         self._reported_unreachable = False
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the consumer holds a live connection to NATS."""
+        nc = self._nc
+        return nc is not None and bool(nc.is_connected)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-consumer")
@@ -143,11 +152,17 @@ class Consumer:
             try:
                 msgs = await sub.fetch(self.settings.batch_size, timeout=FETCH_TIMEOUT_S)
             except (TimeoutError, nats.errors.TimeoutError):
+                self.metrics.lag = 0  # nothing to deliver
                 continue
+            with contextlib.suppress(Exception):  # the pending count rides in the last message's reply subject
+                self.metrics.lag = msgs[-1].metadata.num_pending
             batch = [incoming for m in msgs for incoming in unbatch(bytes(m.data), m.subject)]
+            started = time.monotonic()
             try:
                 result = await asyncio.to_thread(self.store.ingest, batch)
             except Exception as e:  # noqa: BLE001 - a database hiccup must not lose the batch: redeliver it
+                self.metrics.store_failures.inc()
+                self.metrics.database_up = False
                 log.error("cannot store %d events (%s: %s); they will be redelivered", len(msgs),
                           type(e).__name__, e)
                 for m in msgs:
@@ -157,6 +172,8 @@ class Consumer:
                 continue
             # Acks only after the commit: a crash before this point means redelivery, and
             # the store skips what it already holds.
+            self.metrics.batch_seconds.observe(time.monotonic() - started)
+            self.metrics.database_up = True
             for m in msgs:
                 await m.ack()
             self._count(result.stored, result.duplicates, result.quarantined)
@@ -166,6 +183,9 @@ class Consumer:
         self.stats.stored += stored
         self.stats.duplicates += duplicates
         self.stats.quarantined += len(quarantined)
+        self.metrics.stored.inc(stored)
+        self.metrics.duplicates.inc(duplicates)
+        self.metrics.quarantined.inc(len(quarantined))
         for subject, error in quarantined:
             log.warning("quarantined a malformed message on %s: %s (%d quarantined so far)", subject, error,
                         self.stats.quarantined)

@@ -48,6 +48,7 @@ class Filter:
     since_unix_nanos: int = 0
     until_unix_nanos: int = 0
     request_id: str = ""
+    trace_id: str = ""
     # Shell-style patterns of the models the caller may read; None: every model.
     readable: tuple[str, ...] | None = None
 
@@ -56,7 +57,8 @@ class Filter:
         clauses: list[str] = []
         params: list[Any] = []
         for column, value in (("model", self.model), ("resolved_version", self.version),
-                              ("principal", self.principal), ("request_id", self.request_id)):
+                              ("principal", self.principal), ("request_id", self.request_id),
+                              ("trace_id", self.trace_id)):
             if value:
                 clauses.append(f"{column} = ?")
                 params.append(value)
@@ -123,6 +125,6 @@ def parse_request(request: audit_pb2.QueryRequest) -> tuple[Filter, int, int]:
     flt = Filter(
         model=request.model, version=request.version, principal=request.principal, status_code=status_code,
         since_unix_nanos=request.since_unix_nanos, until_unix_nanos=request.until_unix_nanos,
-        request_id=request.request_id,
+        request_id=request.request_id, trace_id=request.trace_id.strip().lower(),
     )
     return flt, decode_page_token(request.page_token), request.limit or DEFAULT_LIMIT

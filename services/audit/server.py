@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 
+from meshserve import tracing
 from meshserve.auth.jwt_settings import verifier_from_settings
 from meshserve.errors import MeshError
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
+from meshserve.metrics import MetricsServer
 from meshserve.protos.meshserve.audit.v1 import audit_pb2_grpc
 from meshserve.registry.cache import RegistryCache
 from meshserve.settings import load_settings, setup_logging
@@ -18,6 +21,7 @@ from meshserve.settings import load_settings, setup_logging
 from .access import AuditAccess
 from .consumer import Consumer
 from .dialects import StoreError
+from .metrics import AuditMetrics
 from .servicer import AuditServicer
 from .settings import AuditSettings
 from .store import Store
@@ -32,9 +36,14 @@ class AuditService:
 
     def __init__(self, settings: AuditSettings) -> None:
         self.settings = settings
+        tracing.setup(settings, "audit")  # before the server: its interceptors depend on it
         self.grpc = ServiceServer([AUDIT_SERVICE], max_message_bytes=settings.max_message_bytes)
         self.store: Store | None = None
         self.consumer: Consumer | None = None
+        self.metrics = AuditMetrics()
+        self.metrics.watch(lambda: self.consumer is not None and self.consumer.connected)
+        self.metrics_server = MetricsServer(self.metrics.registry)
+        self._database_check: asyncio.Task[None] | None = None
         # Only keys and rules are used, but the registry cache is the one tested watch-fed copy of them.
         self.registry = RegistryCache(settings.etcd_endpoint) if settings.etcd_endpoint else None
         self.access = AuditAccess(self.registry, dev_mode=settings.dev_mode, jwt=verifier_from_settings(settings))
@@ -45,6 +54,7 @@ class AuditService:
 
     async def start(self) -> None:
         """Open the database and load keys and rules (failing fast), serve, and start consuming in the background."""
+        self.metrics_server.start(self.settings.host, self.settings.metrics_port)
         self.store = await asyncio.to_thread(Store.open, self.settings.database)
         if self.registry is not None:
             await self.registry.start(wait=self.settings.etcd_wait_s)
@@ -56,15 +66,20 @@ class AuditService:
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.store, self.access), self.grpc.server)
         address = self.grpc.bind(self.settings.host, self.settings.port)
         await self.grpc.start()
-        self.consumer = Consumer(self.store, self.settings)
+        self.consumer = Consumer(self.store, self.settings, self.metrics)
         self.consumer.start()
+        self._database_check = asyncio.create_task(self.metrics.check_database(self.store.ping), name="database-check")
         log.info("audit service on %s (database %s, NATS %s, etcd %s)", address, self.store.dialect.describe(),
                  self.settings.nats_url, self.settings.etcd_endpoint or "none")
 
     def announcement(self) -> dict[str, str]:
-        return {"address": self.address}
+        return {"address": self.address, "metrics_address": self.metrics_server.address}
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self._database_check is not None:
+            self._database_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._database_check
         if self.consumer is not None:
             await self.consumer.stop()
         await self.grpc.stop(grace)
@@ -72,6 +87,7 @@ class AuditService:
             await self.registry.stop()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
+        await self.metrics_server.stop()
 
 
 def create_server(settings: AuditSettings) -> AuditService:
@@ -80,7 +96,10 @@ def create_server(settings: AuditSettings) -> AuditService:
 
 async def serve(settings: AuditSettings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    await run_until_signalled(create_server(settings), "audit service", settings.announce_file)
+    try:
+        await run_until_signalled(create_server(settings), "audit service", settings.announce_file)
+    finally:
+        tracing.shutdown()
 
 
 def main(argv: list[str] | None = None) -> None:

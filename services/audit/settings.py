@@ -7,10 +7,10 @@ from pydantic_settings import SettingsConfigDict
 
 from meshserve.audit.stream import DEFAULT_MAX_AGE_S
 from meshserve.auth.jwt_settings import JwtSettings
-from meshserve.settings import ServiceSettings
+from meshserve.settings import MetricsSettings, ServiceSettings
 
 
-class AuditSettings(JwtSettings, ServiceSettings):
+class AuditSettings(JwtSettings, MetricsSettings, ServiceSettings):
     """The meshserve audit service: stores every call event in a tamper-evident trail and answers queries."""
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_AUDIT_")

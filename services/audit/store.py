@@ -198,6 +198,11 @@ class Store:
 
     # ---- reading
 
+    def ping(self) -> None:
+        """Raise when the database does not answer (for the database_connected gauge)."""
+        with self._reader.transaction(self.dialect.begin_read) as conn:
+            conn.execute("SELECT 1").fetchone()
+
     def head(self) -> tuple[int, str]:
         """(last sequence, its hash) according to the chain head."""
         with self._reader.transaction(self.dialect.begin_read) as conn:

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import grpc
 from google.protobuf.message import DecodeError
 
+from meshserve import tracing
 from meshserve.audit.digest import TensorData, request_tensors, response_tensors, side_digest
 from meshserve.audit.publisher import Event, EventPublisher
 from meshserve.auth.access import ANONYMOUS
@@ -41,7 +42,7 @@ class Call:
     """What the router learns about one call while routing it."""
 
     __slots__ = ("method", "model", "parent_request_id", "principal", "replica", "request_id", "requested_version",
-                 "resolved_version", "shadow", "start_ns", "trusted")
+                 "resolved_version", "shadow", "start_ns", "trace_id", "trusted")
 
     def __init__(self, method: str) -> None:
         self.method = method
@@ -55,6 +56,8 @@ class Call:
         self.parent_request_id = ""  # a pipeline step: the pipeline call's request id
         self.principal = ANONYMOUS  # who called, once authenticated
         self.trusted = False  # made by the router itself (pipeline steps, shadows): no access check
+        # With tracing on: the trace the call is part of (its span is current while it is routed).
+        self.trace_id = tracing.current_trace_id() if tracing.active else ""
 
 
 def _metadata_value(metadata: Metadata, key: str) -> str:
@@ -171,7 +174,7 @@ class CallAudit:
               peer: str, metadata: Metadata, end_ns: int) -> audit_pb2.CallEvent:
         replica = call.replica
         event = audit_pb2.CallEvent(
-            event_id=os.urandom(16).hex(), trace_id=_trace_id(metadata),
+            event_id=os.urandom(16).hex(), trace_id=call.trace_id or _trace_id(metadata),
             principal=call.principal.name, peer=peer,
             model=call.model, requested_version=call.requested_version, resolved_version=call.resolved_version,
             runtime_kind=replica.kind if replica else "", runtime_id=replica.runtime_id if replica else "",

@@ -14,12 +14,14 @@ from typing import Any
 import grpc
 from grpc.aio import ServicerContext as Context
 
+from meshserve import tracing
 from meshserve.auth.access import Access
 from meshserve.auth.limits import RateLimiter, check_request
 from meshserve.errors import REFUSALS, MeshError, error_for
 from meshserve.protos.inference import grpc_service_pb2 as oip
 
 from .audit import Call, CallAudit, Metadata
+from .metrics import SHADOW, RouterMetrics
 from .pipelines import Forward, PipelineRunner
 from .replicas import Connection, ConnectionPool
 from .resolve import NotPlaced, Resolver
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
+_UNKNOWN = grpc.StatusCode.UNKNOWN
+_STREAM = "ModelStreamInfer"
 STREAM_BUFFER = 64
 # Shadow calls run in the background, each with this deadline, at most this many at once.
 SHADOW_TIMEOUT_S = 30.0
@@ -61,9 +65,11 @@ class Forwarder:
     """Routes each call by the model name and version inside its bytes."""
 
     def __init__(self, resolver: Resolver, pool: ConnectionPool, audit: CallAudit, access: Access,
-                 rates: RateLimiter, *, max_attempts: int = 3, retry_min_s: float = 0.01) -> None:
+                 rates: RateLimiter, *, max_attempts: int = 3, retry_min_s: float = 0.01,
+                 metrics: RouterMetrics | None = None) -> None:
         self.resolver = resolver
         self.pool = pool
+        self.metrics = metrics if metrics is not None else RouterMetrics()
         # Retries of UNAVAILABLE calls on other replicas: at most this many attempts in all,
         # and none once less than retry_min_s of the caller's deadline is left.
         self.max_attempts = max(1, max_attempts)
@@ -87,25 +93,39 @@ class Forwarder:
         authenticate = self.access.authenticate
         shadows = self.resolver.shadows if mirrored else None
         mirror = functools.partial(self._mirror, forward, version_field)
+        metrics = self.metrics
+        done = metrics.done
 
         async def handler(request: bytes, context: Context) -> bytes:
             call = Call(method)
             metadata = forwarded_metadata(context)
+            code = _UNKNOWN
+            metrics.inflight += 1
             try:
                 call.principal = authenticate(context.invocation_metadata() or ())
                 response = await forward(call, request, context.time_remaining, metadata)
                 if shadows is not None and (versions := shadows(call.model)):
                     mirror(versions, request, context.peer(), metadata)
+                code = _OK
                 return response
             except MeshError as e:
+                code = e.code
                 if e.code in REFUSALS:
                     audit.record(call, request, None, e.code, e.message, context.peer(), metadata)
                 await context.abort(e.code, e.message)
+            except asyncio.CancelledError:
+                code = _CANCELLED
+                raise
+            finally:
+                metrics.inflight -= 1
+                done(method, call, code)
             raise AssertionError("unreachable")
 
         async def audited_handler(request: bytes, context: Context) -> bytes:
             call = Call(method)
             metadata = forwarded_metadata(context)
+            code = _UNKNOWN
+            metrics.inflight += 1
             try:
                 call.principal = authenticate(context.invocation_metadata() or ())
                 response = await forward(call, request, context.time_remaining, metadata)
@@ -115,13 +135,19 @@ class Forwarder:
                     await audit.record_durably(call, request, response, _OK, "", context.peer(), metadata)
                 else:
                     audit.record(call, request, response, _OK, "", context.peer(), metadata)
+                code = _OK
                 return response
             except MeshError as e:
+                code = e.code
                 audit.record(call, request, None, e.code, e.message, context.peer(), metadata)
                 await context.abort(e.code, e.message)
             except asyncio.CancelledError:
+                code = _CANCELLED
                 audit.record(call, request, None, _CANCELLED, "cancelled by the caller", context.peer(), metadata)
                 raise
+            finally:
+                metrics.inflight -= 1
+                done(method, call, code)
             raise AssertionError("unreachable")
 
         return audited_handler if audited and audit.enabled else handler
@@ -145,8 +171,10 @@ class Forwarder:
         try:
             response = await forward(call, request, lambda: deadline - time.monotonic(), metadata)
         except MeshError as e:
+            self.metrics.done(SHADOW, call, e.code)
             self.audit.record(call, request, None, e.code, e.message, peer, metadata)
         else:
+            self.metrics.done(SHADOW, call, _OK)
             self.audit.record(call, request, response, _OK, "", peer, metadata)
 
     def _forwarding(self, method: str, name_field: int, version_field: int, link_method: int, action: str,
@@ -172,6 +200,8 @@ class Forwarder:
         take = self.rates.take if action == "infer" else None
         model_limits = self.resolver.cache.model_limits
         pipes = self.resolver.cache.pipelines if pipelines else {}
+        metrics = self.metrics
+        model_inflight = metrics.model_inflight
 
         async def forward(call: Call, request: bytes, time_remaining: Callable[[], float | None],
                           metadata: Metadata) -> bytes:
@@ -193,12 +223,16 @@ class Forwarder:
             if call.resolved_version != version and (version or name in routed):
                 # An alias or a route chose the version: the runtime must serve that one.
                 request += string_field(version_field, call.resolved_version)
+            if tracing.active:  # the call's span (the server's, or a pipeline step's) names what it routed to
+                tracing.annotate(name, call.resolved_version)
             conn = choose(replicas)
             attempts = min(max_attempts, len(replicas))
             tried: list[Connection] = []
+            held = (name, call.resolved_version)
             while True:
                 call.replica = conn.replica
                 conn.inflight += 1
+                model_inflight[held] = model_inflight.get(held, 0) + 1
                 remaining = time_remaining()
                 try:
                     link = None
@@ -218,6 +252,7 @@ class Forwarder:
                     return response
                 finally:
                     conn.inflight -= 1
+                    model_inflight[held] -= 1
                 if code is not _UNAVAILABLE:
                     raise error_for(code, details)
                 # UNAVAILABLE: not answered. Over the mesh link a runtime killed mid-call
@@ -230,12 +265,13 @@ class Forwarder:
                 left = time_remaining()
                 if len(tried) < attempts and (left is None or left >= retry_min_s):
                     conn = choose(replicas, tried)
+                    metrics.retries += 1
                     continue
                 others = f" (after {len(tried) - 1} other replica(s) failed too)" if len(tried) > 1 else ""
                 raise error_for(code, f"model {name!r} on {conn.replica.runtime_id} ({conn.address}) is "
                                       f"unavailable{others}: {details}")
 
-        runner = PipelineRunner(forward, self.audit, pipes)
+        runner = PipelineRunner(forward, self.audit, pipes, metrics)
         return forward
 
     async def stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
@@ -259,11 +295,15 @@ class Forwarder:
         try:
             principal = self.access.authenticate(context.invocation_metadata() or ())
         except MeshError as e:
-            refused = Call("ModelStreamInfer")
+            refused = Call(_STREAM)
+            self.metrics.done(_STREAM, refused, e.code)
             self.audit.record(refused, b"", None, e.code, e.message, context.peer(), metadata)
             await context.abort(e.code, e.message)
 
+        done = self.metrics.done
+
         def audited(call: Call, request: bytes, response: bytes | None, code: grpc.StatusCode, message: str) -> None:
+            done(_STREAM, call, code)  # each request counts once answered (a decoupled model's: per response)
             if audit is not None:
                 audit.record(call, request, response, code, message, peer, metadata)
 
@@ -277,13 +317,14 @@ class Forwarder:
             except MeshError as e:
                 audited(call, request, None, e.code, e.message)
                 return oip.ModelStreamInferResponse(error_message=e.message).SerializeToString()
+            done(_STREAM, call, _OK)
             return response
 
         async def pump(conn: Connection, upstream: grpc.aio.StreamStreamCall[bytes, bytes]) -> None:
             pending = awaiting[conn.address]
             try:
                 async for response in upstream:
-                    entry = pending.match(response) if audit is not None else None
+                    entry = pending.match(response)  # for the metrics and the audit trail
                     if entry is not None:
                         response = await settle(entry.call, entry.request, response)
                     await out.put(response)
@@ -327,9 +368,8 @@ class Forwarder:
                         awaiting[conn.address] = Awaiting()
                         conn.inflight += 1
                         pumps.append(asyncio.create_task(pump(conn, upstream)))
-                    if audit is not None:
-                        awaiting[conn.address].add(call, request, self.resolver.decoupled(
-                            name, call.resolved_version, conn.replica.runtime_id))
+                    awaiting[conn.address].add(call, request, self.resolver.decoupled(
+                        name, call.resolved_version, conn.replica.runtime_id))
                     await upstream.write(request)
                 for upstream in upstreams.values():
                     with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
@@ -339,6 +379,7 @@ class Forwarder:
                 await out.put(None)
 
         reader = asyncio.create_task(read_requests())
+        self.metrics.inflight += 1  # an open stream is one call held open
         try:
             while (item := await out.get()) is not None:
                 if isinstance(item, grpc.aio.AioRpcError):
@@ -347,6 +388,7 @@ class Forwarder:
                 yield item
             await reader
         finally:
+            self.metrics.inflight -= 1
             reader.cancel()
             for upstream in upstreams.values():
                 upstream.cancel()

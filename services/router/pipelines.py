@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from meshserve import tracing
 from meshserve.errors import InvalidArgument, MeshError, error_for
 from meshserve.oip.codec import decode_tensor, raw_bytes
 from meshserve.oip.datatypes import DATATYPES
@@ -27,6 +28,7 @@ from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry.cache import Replica
 
 from .audit import Call, CallAudit, Metadata
+from .metrics import PIPELINE_STEP, RouterMetrics
 
 Tensor = tuple[str, list[int], bytes]  # datatype, shape, raw little-endian contents
 Forward = Callable[[Call, bytes, Callable[[], "float | None"], Metadata], Coroutine[Any, Any, bytes]]
@@ -48,17 +50,34 @@ def _tensors(tensors: Any, raws: Any, kind: str) -> dict[str, Tensor]:
     return out
 
 
+def _step_span(pipeline: str, step: pb.PipelineStep) -> tracing.Scope:
+    return tracing.span(f"pipeline step {pipeline}/{step.name}", {
+        "meshserve.pipeline": pipeline, "meshserve.pipeline_step": step.name, "meshserve.model": step.model,
+        "meshserve.requested_version": step.version})
+
+
 class PipelineRunner:
     """Runs the pipelines of ``pipelines`` (the registry cache's) through ``forward``."""
 
-    def __init__(self, forward: Forward, audit: CallAudit, pipelines: Mapping[str, pb.Pipeline]) -> None:
+    def __init__(self, forward: Forward, audit: CallAudit, pipelines: Mapping[str, pb.Pipeline],
+                 metrics: RouterMetrics | None = None) -> None:
         self.forward = forward
         self.audit = audit
         self.pipelines = pipelines
+        self.metrics = metrics if metrics is not None else RouterMetrics()
         self._plans: dict[str, tuple[pb.Pipeline, list[list[pb.PipelineStep]]]] = {}
 
     async def run(self, call: Call, request: bytes, time_remaining: Callable[[], float | None],
                   metadata: Metadata) -> bytes:
+        if tracing.active:  # one span for the pipeline, its steps' spans inside it
+            with tracing.span(f"pipeline {call.model}", {"meshserve.pipeline": call.model}) as current:
+                response = await self._run(call, request, time_remaining, metadata)
+                current.set_attribute("meshserve.request_id", call.request_id)
+                return response
+        return await self._run(call, request, time_remaining, metadata)
+
+    async def _run(self, call: Call, request: bytes, time_remaining: Callable[[], float | None],
+                   metadata: Metadata) -> bytes:
         pipeline = self.pipelines[call.model]
         try:
             parsed = oip.ModelInferRequest.FromString(request)
@@ -131,11 +150,14 @@ class PipelineRunner:
         call.principal = parent_call.principal
         call.trusted = True  # the caller may call the pipeline; its steps run with the router's authority
         try:
-            answer = await self.forward(call, data, time_remaining, metadata)
+            with _step_span(pipeline, step) if tracing.active else tracing.NO_SPAN:
+                answer = await self.forward(call, data, time_remaining, metadata)
         except MeshError as e:
+            self.metrics.done(PIPELINE_STEP, call, e.code)
             self.audit.record(call, data, None, e.code, e.message, ROUTER_PEER, metadata)
             raise error_for(e.code, f"pipeline {pipeline!r}, step {step.name!r} (model {step.model!r}): "
                                     f"{e.message}") from e
+        self.metrics.done(PIPELINE_STEP, call, grpc.StatusCode.OK)
         self.audit.record(call, data, answer, grpc.StatusCode.OK, "", ROUTER_PEER, metadata)
         response = oip.ModelInferResponse.FromString(answer)
         outputs = _tensors(response.outputs, response.raw_output_contents, "output")

@@ -29,6 +29,7 @@ from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
 from meshserve.registry.cache import RegistryCache, Replica
 
+from .metrics import RouterMetrics
 from .replicas import ConnectionPool
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,10 @@ class Placer:
     """Places catalog models on runtimes at their first call; see the module docstring."""
 
     def __init__(self, cache: RegistryCache, pool: ConnectionPool, *, load_timeout_s: float = 60.0,
-                 retry_after_s: float = 30.0) -> None:
+                 retry_after_s: float = 30.0, metrics: RouterMetrics | None = None) -> None:
         self.cache = cache
         self.pool = pool
+        self.metrics = metrics if metrics is not None else RouterMetrics()
         self.load_timeout_s = load_timeout_s
         self.retry_after_s = retry_after_s
         self._placing: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -69,6 +71,11 @@ class Placer:
             raise DeadlineExceeded(f"model {model!r} version {version!r} is being placed on a runtime and was not "
                                    "ready within the call's deadline; try again shortly") from None
 
+    @property
+    def in_progress(self) -> int:
+        """Versions being placed now."""
+        return len(self._placing)
+
     def ready(self, model: str, version: str) -> bool:
         view = self.cache.models.get(model)
         return view is not None and version in view.ready
@@ -77,6 +84,7 @@ class Placer:
         try:
             if self.ready(model, version):
                 return
+            started = time.monotonic()
             since_ms = int(time.time() * 1000)
             lease = await self._claim(model, version)
             try:
@@ -86,7 +94,10 @@ class Placer:
             finally:
                 if lease is not None:
                     await _release(lease)
+            self.metrics.placed.inc()
+            self.metrics.placement_seconds.observe(time.monotonic() - started)
         except MeshError as e:
+            self.metrics.placement_failed.inc()
             log.warning("placing %s version %s failed: %s", model, version, e.message)
             self._failed[(model, version)] = (time.monotonic() + self.retry_after_s, e)
             raise

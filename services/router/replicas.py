@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from meshserve import tls
+from meshserve import tls, tracing
 from meshserve.errors import Unavailable
 from meshserve.grpcutil.server import channel_options
 from meshserve.link import LinkClient
@@ -46,7 +46,8 @@ class Connection:
         self.replica = replica
         self.address = replica.address
         self.link_address = replica.link_address if use_link else ""
-        self.channel = tls.aio_channel(replica.address, options)
+        # Traced calls (tracing on) get a client span each and carry its context to the runtime.
+        self.channel = tls.aio_channel(replica.address, options, tracing.client_interceptors(replica.address))
         self.inflight = 0
         # The breaker: consecutive UNAVAILABLE calls, and until when the replica is avoided.
         self.failures = 0
@@ -124,6 +125,7 @@ class ConnectionPool:
         self._clock = clock
         self._by_address: dict[str, Connection] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self.ejections = 0  # breaker openings, for metrics
 
     def get(self, replica: Replica) -> Connection:
         conn = self._by_address.get(replica.address)
@@ -170,6 +172,7 @@ class ConnectionPool:
         """A call to ``conn`` was UNAVAILABLE: one more failure, and the breaker opens at the threshold."""
         conn.failures += 1
         if conn.failures >= self.breaker_failures:
+            self.ejections += 1
             if conn.failures == self.breaker_failures:
                 log.warning("replica %s (%s) failed %d calls in a row; avoiding it for %.1f s: %s",
                             conn.replica.runtime_id, conn.address, conn.failures, self.eject_s, why)

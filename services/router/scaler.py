@@ -33,6 +33,7 @@ from meshserve.errors import MeshError
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry.cache import RegistryCache
 
+from .metrics import RouterMetrics
 from .placement import Placer
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,10 @@ class Scaler:
     """Runs in every router; acts only while its router holds the leader key."""
 
     def __init__(self, cache: RegistryCache, placer: Placer, *, target_calls_per_s: float, down_after_s: float,
-                 interval_s: float) -> None:
+                 interval_s: float, metrics: RouterMetrics | None = None) -> None:
         self.cache = cache
         self.placer = placer
+        self.metrics = metrics if metrics is not None else placer.metrics
         self.target = target_calls_per_s
         self.down_after_s = down_after_s
         self.interval_s = interval_s
@@ -55,6 +57,11 @@ class Scaler:
         self._lease: aetcd.Lease | None = None
         self._below_since: dict[tuple[str, str], float] = {}
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def leading(self) -> bool:
+        """Whether this router holds the scaler's leader key (as of its last round)."""
+        return self._lease is not None
 
     def start(self) -> None:
         if self.target > 0:
@@ -115,7 +122,8 @@ class Scaler:
                 if want > len(held) and not loading and self.placer.can_add_copy(model, version):
                     self._below_since.pop(key, None)
                     log.info("%s version %s: %.0f calls/s on %d copies; adding one", model, version, rate, len(held))
-                    await self._act(self.placer.add_copy(model, version))
+                    if await self._act(self.placer.add_copy(model, version)):
+                        self.metrics.copies_added.inc()
                 elif want < len(held):
                     since = self._below_since.setdefault(key, now)
                     if now - since >= self.down_after_s:
@@ -123,13 +131,17 @@ class Scaler:
                         log.info("%s version %s: %.0f calls/s on %d copies; removing the copy on %s",
                                  model, version, rate, len(held), quietest)
                         self._below_since.pop(key, None)
-                        await self._act(self.placer.remove_copy(model, version, quietest))
+                        if await self._act(self.placer.remove_copy(model, version, quietest)):
+                            self.metrics.copies_removed.inc()
                 else:
                     self._below_since.pop(key, None)
 
     @staticmethod
-    async def _act(work: Coroutine[Any, Any, None]) -> None:
+    async def _act(work: Coroutine[Any, Any, None]) -> bool:
+        """Whether ``work`` was done (its failure is logged)."""
         try:
             await work
         except MeshError as e:
             log.warning("scaler: %s", e.message)
+            return False
+        return True

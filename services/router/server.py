@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from meshserve import tracing
 from meshserve.audit.publisher import EventPublisher
 from meshserve.audit.spool import Spool
 from meshserve.auth.access import Access
@@ -16,6 +17,7 @@ from meshserve.auth.limits import RateLimiter
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
 from meshserve.link import MODEL_INFER
+from meshserve.metrics import MetricsServer
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.auth.v1 import auth_pb2
 from meshserve.protos.meshserve.registry.v1 import registry_pb2_grpc
@@ -25,6 +27,7 @@ from meshserve.settings import load_settings, setup_logging
 from .admin import RegistryServicer
 from .audit import CallAudit
 from .forward import Forwarder
+from .metrics import RouterMetrics
 from .placement import Placer
 from .replicas import ConnectionPool
 from .resolve import Resolver
@@ -54,13 +57,17 @@ class Router:
 
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
+        tracing.setup(settings, "router", settings.router_id)  # before the server and channels: they depend on it
+        self.metrics = RouterMetrics()
+        self.metrics_server = MetricsServer(self.metrics.registry)
         self.pool = ConnectionPool(settings.max_message_bytes, settings.use_link, eject_s=settings.eject_s,
                                    breaker_failures=settings.breaker_failures)
         self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed)
-        placer = Placer(self.cache, self.pool, load_timeout_s=settings.load_wait_s)
+        placer = Placer(self.cache, self.pool, load_timeout_s=settings.load_wait_s, metrics=self.metrics)
         resolver = Resolver(self.cache, placer)
         self.scaler = Scaler(self.cache, placer, target_calls_per_s=settings.scale_calls_per_s,
-                             down_after_s=settings.scale_down_after_s, interval_s=settings.scale_interval_s)
+                             down_after_s=settings.scale_down_after_s, interval_s=settings.scale_interval_s,
+                             metrics=self.metrics)
         publisher = None
         if settings.nats_url:
             spool = Spool(settings.data_dir / "audit-spool", settings.audit_spool_max_bytes)
@@ -72,7 +79,9 @@ class Router:
         rates = RateLimiter(self.cache.rate_limits, auth_pb2.RateLimit(
             calls_per_second=settings.rate_limit_per_s, burst=settings.rate_limit_burst))
         self.forwarder = Forwarder(resolver, self.pool, self.audit, self.access, rates,
-                                   max_attempts=settings.max_attempts, retry_min_s=settings.retry_min_s)
+                                   max_attempts=settings.max_attempts, retry_min_s=settings.retry_min_s,
+                                   metrics=self.metrics)
+        self.metrics.watch(self.cache, self.pool, placer, self.scaler, publisher)
         mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s, self.access, self.audit)
         self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)
         fwd = self.forwarder
@@ -102,7 +111,10 @@ class Router:
         self.pool.retain({p.address for p in self.cache.placements.values()})
 
     async def start(self) -> None:
-        """Load the registry, then listen on the configured port (see :attr:`address`)."""
+        """Serve metrics, load the registry, then listen on the configured port (see :attr:`address`)."""
+        # The default port gives way when taken (several routers on one host); one asked for must be free.
+        self.metrics_server.start(self.settings.host, self.settings.metrics_port,
+                                  fallback="metrics_port" not in self.settings.model_fields_set)
         await self.cache.start(wait=self.settings.etcd_wait_s)
         self.scaler.start()
         await self.audit.start()
@@ -116,7 +128,7 @@ class Router:
         log.info("router serving the inference protocol on %s (etcd %s)", address, self.settings.etcd_endpoint)
 
     def announcement(self) -> dict[str, str]:
-        return {"address": self.address}
+        return {"address": self.address, "metrics_address": self.metrics_server.address}
 
     async def stop(self, grace: float = 2.0) -> None:
         await self.grpc.stop(grace)
@@ -124,6 +136,7 @@ class Router:
         await self.audit.stop()
         await self.cache.stop()
         await self.pool.close()
+        await self.metrics_server.stop()
 
 
 def create_server(settings: RouterSettings) -> Router:
@@ -132,7 +145,10 @@ def create_server(settings: RouterSettings) -> Router:
 
 async def serve(settings: RouterSettings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    await run_until_signalled(create_server(settings), "router", settings.announce_file)
+    try:
+        await run_until_signalled(create_server(settings), "router", settings.announce_file)
+    finally:
+        tracing.shutdown()  # the spans not exported yet go now
 
 
 def main(argv: list[str] | None = None) -> None:

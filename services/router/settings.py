@@ -10,15 +10,18 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from meshserve.auth.jwt_settings import JwtSettings
-from meshserve.settings import ServiceSettings
+from meshserve.settings import MetricsSettings, ServiceSettings
 
 
-class RouterSettings(JwtSettings, ServiceSettings):
+class RouterSettings(JwtSettings, MetricsSettings, ServiceSettings):
     """The meshserve router: one Open Inference Protocol door to every model in the mesh."""
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_ROUTER_")
 
     port: int = Field(8001, description="port for the inference protocol (8001, as Triton, by default)")
+    metrics_port: int = Field(
+        8002, ge=-1, description="port serving Prometheus metrics (HTTP /metrics on host); the default 8002, when "
+        "in use, gives way to a free port with a warning; 0 picks a free one, -1 disables it")
     load_wait_s: float = Field(
         10.0, description="after a load or unload, how long to wait for the registry to show the change"
     )

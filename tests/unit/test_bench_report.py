@@ -10,7 +10,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench import report  # noqa: E402
+from bench import report
 
 
 def test_report_has_tables_plots_and_lists_what_did_not_run(tmp_path: Path) -> None:
@@ -24,7 +24,8 @@ def test_report_has_tables_plots_and_lists_what_did_not_run(tmp_path: Path) -> N
     np.savez_compressed(results / "samples" / "router_vs_direct-0.npz", direct=rng.random(100) / 1000,
                         router=rng.random(100) / 800)
     (results / "concurrency.json").write_text(json.dumps({
-        "client": "h2load", "throughput": {"direct": {"1": 900.0, "16": 3000.0}, "router": {"1": 700.0, "16": 2500.0}}}))
+        "client": "h2load",
+        "throughput": {"direct": {"1": 900.0, "16": 3000.0}, "router": {"1": 700.0, "16": 2500.0}}}))
     (results / "auth.json").write_text(json.dumps({"p50_ms": {"on c1": 1.0, "off c1": 0.99}, "latency_ratio_c1": 1.01,
                                                    "errors": 0}))
     written, plots = report.write(results, tmp_path / "report.md")

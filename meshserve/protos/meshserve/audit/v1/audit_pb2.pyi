@@ -101,7 +101,9 @@ class CallEvent(_message.Message):
     request_id: _builtins.str
     """The request's `id` field, else the caller's `x-request-id` metadata, else a new id."""
     trace_id: _builtins.str
-    """W3C trace id when tracing is on."""
+    """W3C trace id (32 lowercase hex digits) of the call's trace: the router's when it
+    traced the call, else the one in the caller's `traceparent` metadata; "" when neither.
+    """
     principal: _builtins.str
     """The caller's identity; "anonymous" when unauthenticated."""
     peer: _builtins.str
@@ -300,6 +302,7 @@ class QueryRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     version: _builtins.str
     principal: _builtins.str
@@ -316,6 +319,10 @@ class QueryRequest(_message.Message):
     """Stream the newest `limit` matching records (or those after page_token), then keep
     streaming new ones as they are stored, until the caller cancels.
     """
+    trace_id: _builtins.str
+    """The calls of one trace (CallEvent.trace_id); not indexed: narrow large trails with
+    since_unix_nanos or model.
+    """
     def __init__(
         self,
         *,
@@ -329,10 +336,11 @@ class QueryRequest(_message.Message):
         limit: _builtins.int = ...,
         page_token: _builtins.str = ...,
         follow: _builtins.bool = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "limit", b"limit", "model", b"model", "page_token", b"page_token", "principal", b"principal", "request_id", b"request_id", "since_unix_nanos", b"since_unix_nanos", "status", b"status", "until_unix_nanos", b"until_unix_nanos", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "limit", b"limit", "model", b"model", "page_token", b"page_token", "principal", b"principal", "request_id", b"request_id", "since_unix_nanos", b"since_unix_nanos", "status", b"status", "trace_id", b"trace_id", "until_unix_nanos", b"until_unix_nanos", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
