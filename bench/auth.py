@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -22,8 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.h2load import available as h2load_available  # noqa: E402
-from bench.h2load import run_h2load  # noqa: E402
-from bench.loadgen import Result  # noqa: E402
+from bench.onoff import Setup, alternate  # noqa: E402
 from bench.services import service  # noqa: E402
 from meshserve.auth import apikeys  # noqa: E402
 from meshserve.local.mesh import LocalMesh, MeshConfig  # noqa: E402
@@ -57,34 +54,22 @@ def main() -> int:
     config = MeshConfig(model_repository=ROOT / "examples" / "models", router_port=0, etcd_port=0, audit=False,
                         r_runtime=False, log_level="WARNING",
                         data_dir=Path(tempfile.mkdtemp(prefix="meshserve-abench-")))
-    runs: dict[tuple[str, int], list[Result]] = {}
     with LocalMesh(config) as mesh, service(mesh.data_dir, "router-auth", "meshserve.services.router",
                                             "--etcd-endpoint", mesh.etcd_endpoint) as secured:
         token = asyncio.run(grant(mesh.etcd_endpoint))
-        setups = {ON: (secured, (("authorization", f"Bearer {token}"),)), OFF: (mesh.router_address, ())}
-        for _ in range(ROUNDS):
-            for label, (address, metadata) in setups.items():
-                for concurrency in (1, 16):
-                    runs.setdefault((label, concurrency), []).append(run_h2load(
-                        address, REQUEST, concurrency=concurrency, warmup_s=0.5, duration_s=3, metadata=metadata))
-    p50 = {k: statistics.median(r.percentile_ms(50) for r in v) for k, v in runs.items()}
-    thr = {k: statistics.median(r.throughput for r in v) for k, v in runs.items()}
-    errors = sum(r.errors for v in runs.values() for r in v)
-    latency, throughput = p50[ON, 1] / p50[OFF, 1], thr[ON, 16] / thr[OFF, 16]
-    print(f"\nAccess control, iris ({os.cpu_count()} cores, h2load, median of {ROUNDS} alternating rounds)")
-    print(f"  {'set-up':24}{'c=1 p50':>10}{'c=16 calls/s':>14}")
-    for label in (OFF, ON):
-        print(f"  {label:24}{p50[label, 1]:9.3f}ms{thr[label, 16]:14.0f}")
+        figures = alternate(REQUEST, {OFF: Setup(mesh.router_address),
+                                      ON: Setup(secured, (("authorization", f"Bearer {token}"),))}, ROUNDS)
+    latency, throughput = figures.ratios(ON, OFF)
+    figures.print_table("Access control, iris", ROUNDS)
     print(f"  target #7: auth on / off p50 {latency:.3f}x <= 1.05x: {'met' if latency <= 1.05 else 'NOT MET'}")
     print(f"  target #7: auth on / off throughput {throughput:.3f}x >= 0.95x: "
           f"{'met' if throughput >= 0.95 else 'NOT MET'}")
-    print(f"  errors: {errors}")
+    print(f"  errors: {figures.errors}")
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "auth.json").write_text(json.dumps({
-        "p50_ms": {f"{k[0]} c{k[1]}": v for k, v in p50.items()},
-        "throughput": {f"{k[0]} c{k[1]}": v for k, v in thr.items()},
-        "latency_ratio_c1": latency, "throughput_ratio_c16": throughput, "errors": errors,
+        "p50_ms": figures.keyed("p50"), "throughput": figures.keyed("throughput"),
+        "latency_ratio_c1": latency, "throughput_ratio_c16": throughput, "errors": figures.errors,
     }, indent=2))
     return 0
 

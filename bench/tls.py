@@ -11,8 +11,6 @@ to bench/results/tls.json.
 from __future__ import annotations
 
 import json
-import os
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -23,8 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.h2load import available as h2load_available  # noqa: E402
-from bench.h2load import run_h2load  # noqa: E402
-from bench.loadgen import Result  # noqa: E402
+from bench.onoff import Setup, alternate  # noqa: E402
 from meshserve.local.mesh import LocalMesh, MeshConfig  # noqa: E402
 from meshserve.oip import build_request  # noqa: E402
 
@@ -43,30 +40,19 @@ def main() -> int:
     if not h2load_available():
         print("TLS benchmark skipped: h2load is missing (make bench installs nghttp2-client)")
         return 0
-    runs: dict[tuple[str, int], list[Result]] = {}
     with _mesh(tls=False) as plain, _mesh(tls=True) as secured:
-        setups = {PLAIN: (plain.router_address, None), TLS: (secured.router_address, secured.tls_files("operator")[0])}
-        for _ in range(ROUNDS):
-            for label, (address, ca) in setups.items():
-                for concurrency in (1, 16):
-                    runs.setdefault((label, concurrency), []).append(run_h2load(
-                        address, REQUEST, concurrency=concurrency, warmup_s=0.5, duration_s=3, tls_ca=ca))
-    p50 = {k: statistics.median(r.percentile_ms(50) for r in v) for k, v in runs.items()}
-    thr = {k: statistics.median(r.throughput for r in v) for k, v in runs.items()}
-    errors = sum(r.errors for v in runs.values() for r in v)
-    latency, throughput = p50[TLS, 1] / p50[PLAIN, 1], thr[TLS, 16] / thr[PLAIN, 16]
-    print(f"\nTLS, iris ({os.cpu_count()} cores, h2load, median of {ROUNDS} alternating rounds)")
-    print(f"  {'set-up':24}{'c=1 p50':>10}{'c=16 calls/s':>14}")
-    for label in (PLAIN, TLS):
-        print(f"  {label:24}{p50[label, 1]:9.3f}ms{thr[label, 16]:14.0f}")
+        figures = alternate(REQUEST, {PLAIN: Setup(plain.router_address),
+                                      TLS: Setup(secured.router_address, tls_ca=secured.tls_files("operator")[0])},
+                            ROUNDS)
+    latency, throughput = figures.ratios(TLS, PLAIN)
+    figures.print_table("TLS, iris", ROUNDS)
     print(f"  TLS / plain: p50 {latency:.3f}x, throughput {throughput:.3f}x (no target; reported)")
-    print(f"  errors: {errors}")
+    print(f"  errors: {figures.errors}")
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "tls.json").write_text(json.dumps({
-        "p50_ms": {f"{k[0]} c{k[1]}": v for k, v in p50.items()},
-        "throughput": {f"{k[0]} c{k[1]}": v for k, v in thr.items()},
-        "latency_ratio_c1": latency, "throughput_ratio_c16": throughput, "errors": errors,
+        "p50_ms": figures.keyed("p50"), "throughput": figures.keyed("throughput"),
+        "latency_ratio_c1": latency, "throughput_ratio_c16": throughput, "errors": figures.errors,
     }, indent=2))
     return 0
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -33,8 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.h2load import available as h2load_available  # noqa: E402
-from bench.h2load import run_h2load  # noqa: E402
-from bench.loadgen import Result  # noqa: E402
+from bench.onoff import Setup, alternate  # noqa: E402
 from meshserve.local.mesh import LocalMesh, MeshConfig  # noqa: E402
 from meshserve.oip import build_request  # noqa: E402
 
@@ -89,45 +86,31 @@ def main() -> int:
     if not h2load_available():
         print("tracing benchmark skipped: h2load is missing (make bench installs nghttp2-client)")
         return 0
-    runs: dict[tuple[str, int], list[Result]] = {}
     with receiving() as receiver, \
             LocalMesh(mesh_config("meshserve-tbench-off-")) as off, \
             LocalMesh(mesh_config("meshserve-tbench-on-", trace_sample_ratio=1.0,
                                   otlp_endpoint=receiver.address)) as on:
-        setups = {ON: on.router_address, OFF: off.router_address}
-        for _ in range(ROUNDS):
-            for label, address in setups.items():
-                for concurrency in (1, 16):
-                    runs.setdefault((label, concurrency), []).append(run_h2load(
-                        address, REQUEST, concurrency=concurrency, warmup_s=0.5, duration_s=3))
-        traced_calls = sum(r.calls for (label, _), v in runs.items() if label == ON for r in v)
-    p50 = {k: statistics.median(r.percentile_ms(50) for r in v) for k, v in runs.items()}
-    p99 = {k: statistics.median(r.percentile_ms(99) for r in v) for k, v in runs.items()}
-    thr = {k: statistics.median(r.throughput for r in v) for k, v in runs.items()}
-    errors = sum(r.errors for v in runs.values() for r in v)
-    latency, throughput = p50[ON, 1] / p50[OFF, 1], thr[ON, 16] / thr[OFF, 16]
+        figures = alternate(REQUEST, {OFF: Setup(off.router_address), ON: Setup(on.router_address)}, ROUNDS)
+        traced_calls = sum(r.calls for (label, _), v in figures.runs.items() if label == ON for r in v)
+    latency, throughput = figures.ratios(ON, OFF)
     # Warm-up calls are traced too but not counted by h2load: spans per measured call is an upper bound.
     spans_per_call = receiver.spans / traced_calls if traced_calls else 0.0
-    print(f"\nTracing, iris ({os.cpu_count()} cores, h2load, median of {ROUNDS} alternating rounds)")
-    print(f"  {'set-up':26}{'c=1 p50':>10}{'c=1 p99':>10}{'c=16 calls/s':>14}")
-    for label in (OFF, ON):
-        print(f"  {label:26}{p50[label, 1]:9.3f}ms{p99[label, 1]:9.3f}ms{thr[label, 16]:14.0f}")
-    rounds = [on.percentile_ms(50) / off.percentile_ms(50) for on, off in zip(runs[ON, 1], runs[OFF, 1], strict=True)]
+    figures.print_table("Tracing, iris", ROUNDS)
+    rounds = [a.percentile_ms(50) / b.percentile_ms(50)
+              for a, b in zip(figures.runs[ON, 1], figures.runs[OFF, 1], strict=True)]
     print(f"  target: tracing on / off p50 {latency:.3f}x <= 1.1x: {'met' if latency <= 1.1 else 'NOT MET'} "
           f"(round by round: {', '.join(f'{r:.2f}x' for r in rounds)})")
     print(f"  tracing on / off throughput (c=16): {throughput:.3f}x")
     print(f"  spans received: {receiver.spans} in {receiver.exports} exports "
           f"({spans_per_call:.2f} per measured call, warm-up calls included)")
-    print(f"  errors: {errors}")
+    print(f"  errors: {figures.errors}")
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "tracing.json").write_text(json.dumps({
-        "p50_ms": {f"{k[0]} c{k[1]}": v for k, v in p50.items()},
-        "p99_ms": {f"{k[0]} c{k[1]}": v for k, v in p99.items()},
-        "throughput": {f"{k[0]} c{k[1]}": v for k, v in thr.items()},
+        "p50_ms": figures.keyed("p50"), "p99_ms": figures.keyed("p99"), "throughput": figures.keyed("throughput"),
         "latency_ratio_c1": latency, "latency_ratio_c1_rounds": rounds, "throughput_ratio_c16": throughput,
         "spans_received": receiver.spans, "exports": receiver.exports, "spans_per_call": spans_per_call,
-        "errors": errors,
+        "errors": figures.errors,
     }, indent=2))
     return 0
 
