@@ -9,7 +9,6 @@ differs). Rounds alternate between them; each measures concurrency 1 (p50) and 1
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -65,12 +64,7 @@ def main() -> int:
     print(f"  target #7: auth on / off throughput {throughput:.3f}x >= 0.95x: "
           f"{'met' if throughput >= 0.95 else 'NOT MET'}")
     print(f"  errors: {figures.errors}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "auth.json").write_text(json.dumps({
-        "p50_ms": figures.keyed("p50"), "throughput": figures.keyed("throughput"),
-        "latency_ratio_c1": latency, "throughput_ratio_c16": throughput, "errors": figures.errors,
-    }, indent=2))
+    figures.save("auth", ON, OFF)
     return 0
 
 

@@ -7,6 +7,7 @@ the figure of a set-up is the median over its rounds.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from collections.abc import Sequence
@@ -48,6 +49,16 @@ class Figures:
 
     def keyed(self, what: str) -> dict[str, float]:
         return {f"{label} c{c}": self.median(label, c, what) for label, c in self.runs}
+
+    def save(self, stem: str, on: str, off: str, **extra: object) -> None:
+        """bench/results/<stem>.json: every median, the on/off ratios, errors and ``extra``."""
+        latency, throughput = self.ratios(on, off)
+        out = Path(__file__).resolve().parent / "results"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.json").write_text(json.dumps({
+            "p50_ms": self.keyed("p50"), "p99_ms": self.keyed("p99"), "throughput": self.keyed("throughput"),
+            "latency_ratio_c1": latency, "throughput_ratio_c16": throughput, "errors": self.errors, **extra,
+        }, indent=2))
 
     def print_table(self, title: str, rounds: int) -> None:
         print(f"\n{title} ({os.cpu_count()} cores, h2load, median of {rounds} alternating rounds)")

@@ -10,7 +10,6 @@ to bench/results/tls.json.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -48,12 +47,7 @@ def main() -> int:
     figures.print_table("TLS, iris", ROUNDS)
     print(f"  TLS / plain: p50 {latency:.3f}x, throughput {throughput:.3f}x (no target; reported)")
     print(f"  errors: {figures.errors}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tls.json").write_text(json.dumps({
-        "p50_ms": figures.keyed("p50"), "throughput": figures.keyed("throughput"),
-        "latency_ratio_c1": latency, "throughput_ratio_c16": throughput, "errors": figures.errors,
-    }, indent=2))
+    figures.save("tls", TLS, PLAIN)
     return 0
 
 

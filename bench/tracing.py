@@ -15,7 +15,6 @@ bench/results/tracing.json.
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import tempfile
 import threading
@@ -104,14 +103,8 @@ def main() -> int:
     print(f"  spans received: {receiver.spans} in {receiver.exports} exports "
           f"({spans_per_call:.2f} per measured call, warm-up calls included)")
     print(f"  errors: {figures.errors}")
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tracing.json").write_text(json.dumps({
-        "p50_ms": figures.keyed("p50"), "p99_ms": figures.keyed("p99"), "throughput": figures.keyed("throughput"),
-        "latency_ratio_c1": latency, "latency_ratio_c1_rounds": rounds, "throughput_ratio_c16": throughput,
-        "spans_received": receiver.spans, "exports": receiver.exports, "spans_per_call": spans_per_call,
-        "errors": figures.errors,
-    }, indent=2))
+    figures.save("tracing", ON, OFF, latency_ratio_c1_rounds=rounds, spans_received=receiver.spans,
+                 exports=receiver.exports, spans_per_call=spans_per_call)
     return 0
 
 

@@ -124,6 +124,10 @@ class RegistryCache:
     def model(self, name: str) -> ModelView | None:
         return self.models.get(name)
 
+    def placements_of(self, model: str) -> list[pb.Placement]:
+        """Every placement of ``model`` (any version, runtime and state), without scanning the registry."""
+        return list(self._by_model.get(model, {}).values())
+
     def model_names(self) -> list[str]:
         return sorted(self.models)
 

@@ -126,7 +126,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             remaining = context.time_remaining()
             if remaining is not None:
                 wait_s = max(0.0, min(wait_s, remaining - DEADLINE_MARGIN_S))
-            route = await routes.update_route(self.cache.client, model, change, lambda: self._placements(model),
+            route = await routes.update_route(self.cache.client, model, change, lambda: self.cache.placements_of(model),
                                               wait_s=wait_s)
             empty = not (route.aliases or route.default_version or route.splits or route.shadows)
             await self._follow(lambda: self.cache.routes.get(model) == (None if empty else route))
@@ -211,9 +211,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 f"principal {principal.name!r} may not apply the pipeline {pipeline.name!r}: it may not infer on "
                 f"{', '.join(map(repr, denied))}, and a pipeline's callers run its steps as the pipeline, so "
                 "whoever applies it needs infer on every step's model")
-
-    def _placements(self, model: str) -> list[pb.Placement]:
-        return [p for (name, _, _), p in self.cache.placements.items() if name == model]
 
     async def _step_metadata(self, step: pb.PipelineStep, timeout_s: float) -> oip.ModelMetadataResponse | str:
         """The step model's metadata as calls would reach it (aliases and routes resolved), or why not."""

@@ -128,23 +128,24 @@ class Placer:
         if not candidates:
             raise FailedPrecondition(f"model {model!r} version {version!r} needs a {kind} runtime and none is in "
                                      "the mesh; start one")
-        best = max(candidates, key=lambda r: (self._free(r), -self._loaded(r.id)))
+        # One pass over the registry: memory held (estimates) and versions held per candidate.
+        used = {r.id: 0 for r in candidates}
+        count = dict(used)
+        for (_, _, rid), p in self.cache.placements.items():
+            if rid in used and p.state in _HOLDING:
+                used[rid] += p.memory_bytes
+                count[rid] += 1
+
+        def room(r: pb.Runtime) -> tuple[float, int]:
+            free = float(r.memory_budget_bytes - used[r.id]) if r.memory_budget_bytes else float("inf")
+            return free, -count[r.id]
+        best = max(candidates, key=room)
         return Replica(best.id, best.kind, best.address, best.link_address), artifact, memory
-
-    def _free(self, runtime: pb.Runtime) -> float:
-        if not runtime.memory_budget_bytes:
-            return float("inf")
-        used = sum(p.memory_bytes for (_, _, rid), p in self.cache.placements.items()
-                   if rid == runtime.id and p.state in _HOLDING)
-        return float(runtime.memory_budget_bytes - used)
-
-    def _loaded(self, runtime_id: str) -> int:
-        return sum(1 for (_, _, rid), p in self.cache.placements.items() if rid == runtime_id and p.state in _HOLDING)
 
     def holders(self, model: str, version: str) -> dict[str, pb.Placement]:
         """Runtime id -> placement of every copy of this version that is loaded or loading."""
-        return {rid: p for (m, v, rid), p in self.cache.placements.items()
-                if m == model and v == version and p.state in _HOLDING}
+        return {p.runtime_id: p for p in self.cache.placements_of(model)
+                if p.version == version and p.state in _HOLDING}
 
     def can_add_copy(self, model: str, version: str) -> bool:
         entry = self.cache.catalog.get(model)
@@ -166,12 +167,15 @@ class Placer:
         target = Replica(runtime.id, runtime.kind, runtime.address, runtime.link_address)
         request = oip.RepositoryModelUnloadRequest(model_name=model, parameters=load_parameters(version))
         log.info("unloading a copy of %s version %s from %s", model, version, runtime_id)
+        await self._repository_call(target, "RepositoryModelUnload", request.SerializeToString(),
+                                    f"unloading model {model!r} version {version!r} from {runtime_id}")
+
+    async def _repository_call(self, target: Replica, method: str, request: bytes, what: str) -> None:
+        """A load or unload on ``target``; its gRPC error as a MeshError saying ``what`` failed."""
         try:
-            await self.pool.get(target).unary("RepositoryModelUnload")(
-                request.SerializeToString(), timeout=self.load_timeout_s)
+            await self.pool.get(target).unary(method)(request, timeout=self.load_timeout_s)
         except grpc.aio.AioRpcError as e:
-            raise error_for(e.code(), f"unloading model {model!r} version {version!r} from {runtime_id}: "
-                                      f"{e.details() or e.code().name}") from e
+            raise error_for(e.code(), f"{what}: {e.details() or e.code().name}") from e
 
     async def _load(self, model: str, version: str, exclude: frozenset[str] = frozenset()) -> None:
         target, artifact, memory = self._load_target(model, version, exclude)
@@ -179,21 +183,16 @@ class Placer:
                                                  parameters=load_parameters(version, artifact, memory))
         log.info("placing %s version %s on %s", model, version, target.runtime_id)
         started = time.monotonic()
-        try:
-            await self.pool.get(target).unary("RepositoryModelLoad")(
-                request.SerializeToString(), timeout=self.load_timeout_s)
-        except grpc.aio.AioRpcError as e:
-            raise error_for(e.code(), f"placing model {model!r} version {version!r} on {target.runtime_id}: "
-                                      f"{e.details() or e.code().name}") from e
+        await self._repository_call(target, "RepositoryModelLoad", request.SerializeToString(),
+                                    f"placing model {model!r} version {version!r} on {target.runtime_id}")
         log.info("placed %s version %s on %s in %.0f ms", model, version, target.runtime_id,
                  (time.monotonic() - started) * 1000)
 
     async def _wait_ready(self, model: str, version: str, since_ms: int) -> None:
         deadline = time.monotonic() + self.load_timeout_s
         while not self.ready(model, version):
-            failed = [p for (m, v, _), p in self.cache.placements.items()
-                      if m == model and v == version and p.state == pb.MODEL_STATE_FAILED
-                      and p.updated_at_unix_ms >= since_ms]
+            failed = [p for p in self.cache.placements_of(model)
+                      if p.version == version and p.state == pb.MODEL_STATE_FAILED and p.updated_at_unix_ms >= since_ms]
             if failed:
                 raise FailedPrecondition(f"model {model!r} version {version!r} failed to load on "
                                          f"{failed[0].runtime_id}: {failed[0].reason}")

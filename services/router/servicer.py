@@ -193,8 +193,8 @@ class MeshServicer:
         wanted = {pb.MODEL_STATE_READY, pb.MODEL_STATE_LOADING, pb.MODEL_STATE_FAILED}
         targets = {
             p.runtime_id: Replica(p.runtime_id, p.runtime_kind, p.address, p.link_address)
-            for (model, ver, _), p in self.cache.placements.items()
-            if model == name and (not version or ver == version) and (loading or p.state in wanted)
+            for p in self.cache.placements_of(name)
+            if (not version or p.version == version) and (loading or p.state in wanted)
         }
         if not targets:
             view = self.resolver.view(name)  # NotFound listing the models, if unknown
