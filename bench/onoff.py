@@ -70,9 +70,12 @@ class Figures:
 
 def alternate(request: bytes, setups: dict[str, Setup], rounds: int, *, warmup_s: float = 0.5,
               duration_s: float = 3.0) -> Figures:
+    """``rounds`` rounds over every set-up, the order reversed every other round (A B, B A, ...)
+    so that neither set-up always runs right after the other's load."""
     figures = Figures()
-    for _ in range(rounds):
-        for label, setup in setups.items():
+    order = list(setups.items())
+    for number in range(rounds):
+        for label, setup in order if number % 2 == 0 else reversed(order):
             for concurrency in LEVELS:
                 figures.runs.setdefault((label, concurrency), []).append(run_h2load(
                     setup.address, request, concurrency=concurrency, warmup_s=warmup_s, duration_s=duration_s,

@@ -6,7 +6,8 @@ The traced one samples every call (``--trace-sample-ratio 1``): the router's ser
 mesh-link client spans, the runtime's server and predict spans, four spans a call, exported
 in batches to an OTLP/gRPC receiver in this process that parses and counts them (a
 collector's receiving end, without its storage). Rounds alternate between the meshes; each
-measures concurrency 1 (p50) and 16 (throughput) with h2load. Results also go to
+measures concurrency 1 (p50) and 16 (throughput) with h2load; eight rounds, as the
+machine's own drift between rounds is as large as the cost measured. Results also go to
 bench/results/tracing.json.
 
     .venv/bin/python bench/tracing.py
@@ -35,7 +36,7 @@ from meshserve.local.mesh import LocalMesh, MeshConfig  # noqa: E402
 from meshserve.oip import build_request  # noqa: E402
 
 REQUEST = build_request("iris", {"features": np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)}).SerializeToString()
-ROUNDS = 5
+ROUNDS = 8
 ON, OFF = "tracing on (every call)", "tracing off"
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 

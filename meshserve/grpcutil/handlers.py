@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
+
+if TYPE_CHECKING:
+    from meshserve.grpcutil.server import ServiceServer
 
 
 def _serialize(message: Any) -> bytes:
     return message.SerializeToString()  # type: ignore[no-any-return]
 
 
-def add_service(server: Any, service: ServiceDescriptor, servicer: object, raw: Collection[str] = ()) -> None:
+def add_service(server: ServiceServer, service: ServiceDescriptor, servicer: object, raw: Collection[str] = ()) -> None:
     """Register every method of ``service`` on ``server``, calling ``servicer.<Method>``.
 
     Methods named in ``raw`` receive the request as bytes, so the servicer parses it
     itself and can answer a malformed request with INVALID_ARGUMENT (gRPC's own
     deserializer would fail the call with UNKNOWN before any of our code runs).
     """
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_type = message_factory.GetMessageClass(method.input_type)
         options = {
@@ -37,4 +40,4 @@ def add_service(server: Any, service: ServiceDescriptor, servicer: object, raw: 
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(behaviour, **options)
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour, **options)
-    server.add_registered_method_handlers(service.full_name, handlers)
+    server.add_handlers(service.full_name, handlers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +59,12 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
 class ServiceServer:
     """An aio gRPC server with health checking and reflection for the named services.
 
-    With tracing on in this process (:mod:`meshserve.tracing`), its calls get server spans.
+    Services are registered with :meth:`add_handlers`; with tracing on in this process
+    (:mod:`meshserve.tracing`), their calls get server spans.
     """
 
     def __init__(self, service_names: Iterable[str], *, max_message_bytes: int) -> None:
-        self.server = grpc.aio.server(options=server_options(max_message_bytes),
-                                      interceptors=tracing.server_interceptors() or None)
+        self.server = grpc.aio.server(options=server_options(max_message_bytes))
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = [*service_names, health.SERVICE_NAME]
@@ -72,6 +72,10 @@ class ServiceServer:
             [*self.service_names, reflection.SERVICE_NAME], self.server, pool=_pool_with_standard_services()
         )
         self.address = ""
+
+    def add_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
+        """Serve ``service`` (its full name) with these method handlers, by method name."""
+        self.server.add_registered_method_handlers(service, tracing.traced_handlers(service, handlers))
 
     def bind(self, host: str, port: int, *, require_client_cert: bool = False) -> str:
         """Listen on host:port (port 0 picks a free one) and return the bound address.

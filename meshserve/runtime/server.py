@@ -82,7 +82,7 @@ class RuntimeServer:
         self.metrics_server = MetricsServer(self.metrics.registry)
         self.servicer = InferenceServicer(self.dataplane, kind)
         self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes)
-        add_service(self.server.server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self.servicer,
+        add_service(self.server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self.servicer,
                     raw=RAW_REQUEST_METHODS)
         self.register = register
         self.registration: Registration | None = None

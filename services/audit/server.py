@@ -11,10 +11,11 @@ import sys
 from meshserve import tracing
 from meshserve.auth.jwt_settings import verifier_from_settings
 from meshserve.errors import MeshError
+from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
 from meshserve.metrics import MetricsServer
-from meshserve.protos.meshserve.audit.v1 import audit_pb2_grpc
+from meshserve.protos.meshserve.audit.v1 import audit_pb2
 from meshserve.registry.cache import RegistryCache
 from meshserve.settings import load_settings, setup_logging
 
@@ -63,7 +64,8 @@ class AuditService:
         if self.settings.dev_mode:
             log.warning("DEV MODE: callers WITHOUT A KEY may read and verify the WHOLE audit trail; "
                         "never run the audit service with --dev-mode outside local development")
-        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self.store, self.access), self.grpc.server)
+        add_service(self.grpc, audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
+                    AuditServicer(self.store, self.access))
         address = self.grpc.bind(self.settings.host, self.settings.port)
         await self.grpc.start()
         self.consumer = Consumer(self.store, self.settings, self.metrics)

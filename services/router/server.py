@@ -14,13 +14,14 @@ from meshserve.audit.spool import Spool
 from meshserve.auth.access import Access
 from meshserve.auth.jwt_settings import verifier_from_settings
 from meshserve.auth.limits import RateLimiter
+from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
 from meshserve.link import MODEL_INFER
 from meshserve.metrics import MetricsServer
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.auth.v1 import auth_pb2
-from meshserve.protos.meshserve.registry.v1 import registry_pb2_grpc
+from meshserve.protos.meshserve.registry.v1 import registry_pb2
 from meshserve.registry.cache import RegistryCache
 from meshserve.settings import load_settings, setup_logging
 
@@ -99,9 +100,9 @@ class Router:
             "ModelReady": _typed(mesh.model_ready, oip.ModelReadyRequest),
             "RepositoryIndex": _typed(mesh.repository_index, oip.RepositoryIndexRequest),
         }
-        self.grpc.server.add_registered_method_handlers(OIP_SERVICE, handlers)
-        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(self.cache, self.access, self.audit, resolver, self.pool), self.grpc.server)
+        self.grpc.add_handlers(OIP_SERVICE, handlers)
+        add_service(self.grpc, registry_pb2.DESCRIPTOR.services_by_name["RegistryService"],
+                    RegistryServicer(self.cache, self.access, self.audit, resolver, self.pool))
 
     @property
     def address(self) -> str:

@@ -57,7 +57,9 @@ def ids(span: ReadableSpan) -> tuple[str, str, str]:
 def test_off_nothing_is_installed() -> None:
     assert not tracing.setup(ServiceSettings(), "test")
     assert not tracing.active
-    assert tracing.server_interceptors() == [] and tracing.client_interceptors("127.0.0.1:1") == []
+    assert tracing.client_interceptors("127.0.0.1:1") == []
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, _context: request)
+    assert tracing.traced_handlers("svc.S", {"Echo": echo}) == {"Echo": echo}
     assert tracing.current_trace_id() == ""
 
 
@@ -120,7 +122,7 @@ async def test_grpc_calls_get_server_and_client_spans(spans: InMemorySpanExporte
             yield request
 
     server = ServiceServer(["svc.S"], max_message_bytes=1 << 20)
-    server.server.add_registered_method_handlers("svc.S", {
+    server.add_handlers("svc.S", {
         "Echo": grpc.unary_unary_rpc_method_handler(echo), "Refuse": grpc.unary_unary_rpc_method_handler(refuse),
         "Stream": grpc.stream_stream_rpc_method_handler(stream)})
     address = server.bind("127.0.0.1", 0)

@@ -5,9 +5,9 @@ Off unless a service's ``trace_sample_ratio`` is above 0. Off, nothing is instal
 gRPC interceptor, no span; the call paths check :data:`active` (one module attribute) and
 go on. On (:func:`setup`, once per process, by the service being created):
 
-- incoming gRPC calls get a SERVER span (:func:`server_interceptors`), continuing the
-  caller's trace when its metadata carries a W3C ``traceparent``; health and reflection
-  are left alone;
+- incoming gRPC calls get a SERVER span (:func:`traced_handlers`, applied by
+  :class:`~meshserve.grpcutil.server.ServiceServer`), continuing the caller's trace when
+  its metadata carries a W3C ``traceparent``; health and reflection are left alone;
 - calls made on channels built with :func:`client_interceptors` get a CLIENT span and
   carry its ``traceparent`` on (the router's channels to runtimes and Triton);
 - the mesh link does the same by hand: :func:`client_span` plus :func:`with_context` on
@@ -15,10 +15,13 @@ go on. On (:func:`setup`, once per process, by the service being created):
 - :func:`span` opens an INTERNAL span in the current trace (a pipeline and its steps, a
   predict, an R worker call).
 
-Sampling is parent-based: a call whose caller's trace is sampled is traced, one whose
-caller's trace is not is not, and a call arriving without a trace starts one with
-probability ``trace_sample_ratio``. Spans go, in batches, to the OTLP/gRPC collector at
-``otlp_endpoint``; :func:`shutdown` exports what is left when the service stops.
+meshserve's spans are recorded by :mod:`.spans` (API spans without the SDK's per-span
+cost); the OpenTelemetry SDK is the process's tracer provider, so spans that model code or
+libraries start join the same trace and go the same way. Sampling is parent-based: a call
+whose caller's trace is sampled is traced, one whose caller's trace is not is not, and a
+call arriving without a trace starts one with probability ``trace_sample_ratio``. Spans go,
+in batches, to the OTLP/gRPC collector at ``otlp_endpoint`` (:mod:`.otlp`);
+:func:`shutdown` exports what is left when the service stops.
 """
 
 from __future__ import annotations
@@ -30,18 +33,19 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 import meshserve
 from meshserve.errors import MeshError
+from meshserve.tracing.spans import Recorder, remote_parent
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -53,13 +57,11 @@ log = logging.getLogger(__name__)
 
 # Read on every call: while False, tracing costs nothing else.
 active = False
-_tracer: Tracer = trace.NoOpTracer()
+_recorder: Recorder | None = None
 _provider: TracerProvider | None = None
 
 TRACE_KEYS = ("traceparent", "tracestate")
 _PROPAGATOR = TraceContextTextMapPropagator()
-# Services left untraced: probes and tooling, not calls.
-_UNTRACED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 _ROOT = Context()
 
@@ -73,7 +75,7 @@ def setup(settings: ServiceSettings, service: str, instance: str = "", *,
     (tests). The first call in a process decides; later calls change nothing. Returns
     whether tracing is on.
     """
-    global active, _tracer, _provider
+    global active, _recorder, _provider
     ratio = settings.trace_sample_ratio
     if active or ratio <= 0:
         return active
@@ -81,6 +83,7 @@ def setup(settings: ServiceSettings, service: str, instance: str = "", *,
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     resource = Resource.create({
         "service.name": service, "service.namespace": "meshserve", "service.version": meshserve.__version__,
@@ -90,26 +93,27 @@ def setup(settings: ServiceSettings, service: str, instance: str = "", *,
                               sampler=ParentBased(ALWAYS_ON if ratio >= 1 else TraceIdRatioBased(ratio)))
     if exporter is None and settings.otlp_endpoint:
         exporter = _otlp_exporter(settings.otlp_endpoint)
+    processor = None
     if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(
-            exporter, schedule_delay_millis=max(1, int(settings.trace_export_s * 1000))))
+        processor = BatchSpanProcessor(exporter, schedule_delay_millis=max(1, int(settings.trace_export_s * 1000)))
+        provider.add_span_processor(processor)
         where = settings.otlp_endpoint or type(exporter).__name__
     else:
         where = "nowhere (no --otlp-endpoint): trace ids travel and reach the audit trail, spans are dropped"
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         trace.set_tracer_provider(provider)  # so that libraries tracing on their own join in
     _provider = provider
-    _tracer = provider.get_tracer("meshserve", meshserve.__version__)
+    _recorder = Recorder(processor, resource, InstrumentationScope("meshserve", meshserve.__version__), ratio)
     active = True
     log.info("tracing on: %s, sampling %g of the calls that start here, spans to %s", service, ratio, where)
     return True
 
 
 def _otlp_exporter(endpoint: str) -> SpanExporter:
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from meshserve.tracing.otlp import OtlpExporter
 
     # host:port is plain text (a collector beside the service); https://host:port is TLS.
-    return OTLPSpanExporter(endpoint=endpoint, insecure=not endpoint.startswith("https://"), timeout=5)
+    return OtlpExporter(endpoint, timeout_s=5)
 
 
 def shutdown(wait_s: float = 3.0) -> None:
@@ -118,9 +122,9 @@ def shutdown(wait_s: float = 3.0) -> None:
     Waits at most ``wait_s`` (a collector that does not answer must not hold up a stop);
     spans still unsent then are dropped with a warning.
     """
-    global active, _tracer, _provider
+    global active, _recorder, _provider
     provider, _provider = _provider, None
-    _tracer = trace.NoOpTracer()
+    _recorder = None
     active = False
     if provider is None:
         return
@@ -153,7 +157,7 @@ def with_context(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
-def _grpc_metadata(metadata: Any, context: Context | None = None) -> grpc.aio.Metadata:
+def grpc_metadata(metadata: Any, context: Context | None = None) -> grpc.aio.Metadata:
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier, context)
     out = grpc.aio.Metadata(*((k, v) for k, v in (metadata or ()) if k not in TRACE_KEYS))
@@ -176,7 +180,18 @@ def span(name: str, attributes: Mapping[str, Any] | None = None) -> Scope:
     Call it only when :data:`active` (``with tracing.span(...) if tracing.active else
     tracing.NO_SPAN``). An exception leaving the block marks the span as an error.
     """
-    return Scope(_tracer.start_span(name, attributes=attributes), None)
+    return Scope(start_span(name, SpanKind.INTERNAL, current_span_context(), attributes), None)
+
+
+def start_span(name: str, kind: SpanKind, parent: SpanContext | None, attributes: Mapping[str, Any] | None) -> Span:
+    recorder = _recorder
+    if recorder is None:  # tracing was turned off meanwhile
+        return trace.INVALID_SPAN
+    return recorder.start(name, kind, parent, attributes)
+
+
+def current_span_context() -> SpanContext:
+    return trace.get_current_span().get_span_context()
 
 
 class Scope:
@@ -202,11 +217,11 @@ class Scope:
             if error is None:
                 pass
             elif isinstance(error, MeshError):
-                _error(current, error.code, error.message, code_attribute)
+                mark_failed(current, error.code, error.message, code_attribute)
             elif isinstance(error, grpc.aio.AioRpcError):
-                _error(current, error.code(), error.details() or "", code_attribute)
+                mark_failed(current, error.code(), error.details() or "", code_attribute)
             elif isinstance(error, asyncio.CancelledError):
-                _error(current, grpc.StatusCode.CANCELLED, "cancelled", code_attribute)
+                mark_failed(current, grpc.StatusCode.CANCELLED, "cancelled", code_attribute)
             elif not isinstance(error, grpc.aio.AbortError):  # after abort() the status is already set
                 current.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
         finally:
@@ -214,20 +229,21 @@ class Scope:
             current.end()
 
 
-def _error(current: Span, code: grpc.StatusCode, message: str, code_attribute: str | None) -> None:
+def mark_failed(current: Span, code: grpc.StatusCode, message: str, code_attribute: str | None) -> None:
     if code_attribute is not None:
         current.set_attribute(code_attribute, code.value[0])
     current.set_status(Status(StatusCode.ERROR, f"{code.name}: {message}"))
 
 
-_CODE = "rpc.grpc.status_code"
+STATUS_CODE_ATTRIBUTE = "rpc.grpc.status_code"
 
 
 @functools.lru_cache(maxsize=4096)
-def _rpc_attributes(name: str, system: str, peer: str = "") -> dict[str, Any]:
+def rpc_attributes(name: str, system: str, peer: str = "") -> dict[str, Any]:
     """An RPC span's attributes, computed once per method and peer (spans copy them)."""
     service, _, method = name.partition("/")
-    attributes: dict[str, Any] = {"rpc.system": system, "rpc.service": service, "rpc.method": method, _CODE: 0}
+    attributes: dict[str, Any] = {"rpc.system": system, "rpc.service": service, "rpc.method": method,
+                                  STATUS_CODE_ATTRIBUTE: 0}
     if peer:
         host, _, port = peer.rpartition(":")
         attributes.update({"server.address": host, "server.port": int(port) if port.isdigit() else 0})
@@ -236,21 +252,31 @@ def _rpc_attributes(name: str, system: str, peer: str = "") -> dict[str, Any]:
 
 def client_span(name: str, peer: str, system: str = "grpc") -> Scope:
     """A CLIENT span for a call to ``peer`` (host:port); send its context with :func:`with_context`."""
-    return Scope(_tracer.start_span(name, kind=SpanKind.CLIENT, attributes=_rpc_attributes(name, system, peer)),
-                 _CODE)
+    return Scope(start_span(name, SpanKind.CLIENT, current_span_context(), rpc_attributes(name, system, peer)),
+                 STATUS_CODE_ATTRIBUTE)
 
 
 def server_span(name: str, metadata: Iterable[tuple[str, Any]], system: str = "grpc") -> Scope:
     """A SERVER span for a call received with ``metadata``, continuing the caller's trace."""
-    return Scope(_tracer.start_span(name, extract(metadata), SpanKind.SERVER, _rpc_attributes(name, system)), _CODE)
+    return Scope(start_span(name, SpanKind.SERVER, remote_parent(metadata), rpc_attributes(name, system)),
+                 STATUS_CODE_ATTRIBUTE)
 
 
-# -- gRPC interceptors ----------------------------------------------------------------------
+# -- gRPC interceptors (.interceptors) -------------------------------------------------------
 
 
-def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """What a gRPC server of this process needs: [] while tracing is off."""
-    return [_ServerInterceptor()] if active else []
+def traced_handlers(service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]],
+                    ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """``service``'s method handlers, each call in a SERVER span while tracing is on.
+
+    Wrapping at registration leaves a traced call no costlier than its span: no interceptor
+    runs per call. Health checking and reflection are registered otherwise and left alone.
+    """
+    if not active:
+        return dict(handlers)
+    from meshserve.tracing.interceptors import traced_handler
+
+    return {method: traced_handler(f"{service}/{method}", handler) for method, handler in handlers.items()}
 
 
 def client_interceptors(target: str) -> list[grpc.aio.ClientInterceptor]:
@@ -260,117 +286,6 @@ def client_interceptors(target: str) -> list[grpc.aio.ClientInterceptor]:
     """
     if not active:
         return []
-    return [_UnaryClientInterceptor(target), _StreamClientInterceptor(target)]
+    from meshserve.tracing.interceptors import StreamClientInterceptor, UnaryClientInterceptor
 
-
-Behavior = Callable[..., Any]
-
-
-class _ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """A SERVER span around every call but health checks and reflection.
-
-    Handlers are wrapped once per method and kept (the handler a method resolves to does
-    not change). Streaming responses must come from async generators (not
-    ``context.write``), as meshserve's do.
-    """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler: grpc.RpcMethodHandler[Any, Any] | None = await continuation(details)
-        method: str = details.method
-        if handler is None or method.startswith(_UNTRACED):
-            return handler
-        known = self._wrapped.get(method)
-        if known is None or known[0] is not handler:
-            known = (handler, _traced_handler(method.lstrip("/"), handler))
-            self._wrapped[method] = known
-        return known[1]
-
-
-def _traced_handler(name: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    options = {"request_deserializer": handler.request_deserializer,
-               "response_serializer": handler.response_serializer}
-    if handler.response_streaming:
-        streaming: Behavior = handler.stream_stream or handler.unary_stream
-
-        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            with server_span(name, context.invocation_metadata() or ()):
-                async for response in streaming(request, context):
-                    yield response
-
-        if handler.request_streaming:
-            return grpc.stream_stream_rpc_method_handler(stream, **options)
-        return grpc.unary_stream_rpc_method_handler(stream, **options)
-    unary: Behavior = handler.unary_unary or handler.stream_unary
-
-    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        with server_span(name, context.invocation_metadata() or ()) as current:
-            try:
-                return await unary(request, context)
-            except grpc.aio.AbortError:  # context.abort(): the status is in the context
-                code = context.code()
-                if isinstance(code, grpc.StatusCode):
-                    _error(current, code, str(context.details() or ""), _CODE)
-                raise
-
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(call, **options)
-    return grpc.unary_unary_rpc_method_handler(call, **options)
-
-
-def _method_name(details: grpc.aio.ClientCallDetails) -> str:
-    method = details.method
-    return (method.decode() if isinstance(method, bytes) else method).lstrip("/")
-
-
-class _UnaryClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    def __init__(self, target: str) -> None:
-        self.target = target
-
-    async def intercept_unary_unary(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails,
-                                    request: Any) -> Any:
-        with client_span(_method_name(details), self.target):
-            call = await continuation(details._replace(metadata=_grpc_metadata(details.metadata)), request)
-            await call  # the span lasts until the answer; an error (AioRpcError) goes on to the caller
-            return call
-
-
-class _StreamClientInterceptor(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, target: str) -> None:
-        self.target = target
-
-    async def intercept_stream_stream(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails,
-                                      request_iterator: Any) -> Any:
-        name = _method_name(details)
-        # The span lasts as long as the stream: it ends when the call is done.
-        current = _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=_rpc_attributes(name, "grpc", self.target))
-        try:
-            call = await continuation(details._replace(metadata=_grpc_metadata(
-                details.metadata, trace.set_span_in_context(current))), request_iterator)
-        except BaseException:
-            current.end()
-            raise
-
-        def done(finished: Any) -> None:  # the status is a coroutine's to read
-            task = asyncio.ensure_future(_end_stream(current, finished))
-            _ENDING.add(task)  # held until it ran
-            task.add_done_callback(_ENDING.discard)
-
-        call.add_done_callback(done)
-        return call
-
-
-_ENDING: set[asyncio.Future[None]] = set()
-
-
-async def _end_stream(current: Span, call: Any) -> None:
-    try:
-        code = await call.code()
-        if code is not grpc.StatusCode.OK:
-            _error(current, code, await call.details() or "", _CODE)
-    finally:
-        current.end()
+    return [UnaryClientInterceptor(target), StreamClientInterceptor(target)]
