@@ -47,6 +47,8 @@ StatusOpt = Annotated[str, typer.Option("--status", help="only calls ending with
 SinceOpt = Annotated[str, typer.Option("--since", help="calls started at or after: ISO 8601 or 10m, 2h, 1d ago")]
 UntilOpt = Annotated[str, typer.Option("--until", help="calls started before: ISO 8601 or 10m, 2h, 1d ago")]
 RequestIdOpt = Annotated[str, typer.Option("--request-id", help="only the call(s) with this request id")]
+TraceIdOpt = Annotated[str, typer.Option(
+    "--trace-id", help="only the calls of this trace (32 hex digits, as a tracing backend shows it)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="one JSON object per line instead of a table")]
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -98,10 +100,13 @@ def audit_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 
 def _request(model: str, version: str, principal: str, status: str, since: str, until: str, request_id: str,
-             limit: int, follow: bool = False) -> audit_pb2.QueryRequest:
+             limit: int, follow: bool = False, trace_id: str = "") -> audit_pb2.QueryRequest:
+    trace_id = trace_id.strip().lower()
+    if trace_id and not re.fullmatch(r"[0-9a-f]{32}", trace_id):
+        raise UserError(f"--trace-id {trace_id!r} is not a trace id: 32 hexadecimal digits")
     return audit_pb2.QueryRequest(
         model=model, version=version, principal=principal, status=status, since_unix_nanos=parse_time(since),
-        until_unix_nanos=parse_time(until), request_id=request_id, limit=limit, follow=follow,
+        until_unix_nanos=parse_time(until), request_id=request_id, limit=limit, follow=follow, trace_id=trace_id,
     )
 
 
@@ -156,11 +161,11 @@ def records_table(records: list[audit_pb2.AuditRecord]) -> Table:
 @audit_app.command()
 @audit_errors
 def query(model: ModelOpt = "", version: VersionOpt = "", principal: PrincipalOpt = "", status: StatusOpt = "",
-          since: SinceOpt = "", until: UntilOpt = "", request_id: RequestIdOpt = "",
+          since: SinceOpt = "", until: UntilOpt = "", request_id: RequestIdOpt = "", trace_id: TraceIdOpt = "",
           limit: Annotated[int, typer.Option("--limit", help="at most this many records (max 10000)")] = 100,
           as_json: JsonOpt = False, audit: AuditOption = DEFAULT_AUDIT) -> None:
     """Recorded calls matching every filter, oldest first."""
-    request = _request(model, version, principal, status, since, until, request_id, limit)
+    request = _request(model, version, principal, status, since, until, request_id, limit, trace_id=trace_id)
     records = list(_records(audit, request, timeout=60.0))
     if as_json:
         for record in records:
@@ -203,11 +208,11 @@ def verify(audit: AuditOption = DEFAULT_AUDIT,
 @audit_app.command()
 @audit_errors
 def export(model: ModelOpt = "", version: VersionOpt = "", principal: PrincipalOpt = "", status: StatusOpt = "",
-           since: SinceOpt = "", until: UntilOpt = "", request_id: RequestIdOpt = "",
+           since: SinceOpt = "", until: UntilOpt = "", request_id: RequestIdOpt = "", trace_id: TraceIdOpt = "",
            output: Annotated[Path | None, typer.Option("--output", "-o", help="write here, not to stdout")] = None,
            audit: AuditOption = DEFAULT_AUDIT) -> None:
     """Every matching record as JSON lines, paging through the whole trail."""
-    request = _request(model, version, principal, status, since, until, request_id, EXPORT_PAGE)
+    request = _request(model, version, principal, status, since, until, request_id, EXPORT_PAGE, trace_id=trace_id)
     out: TextIO = output.open("w") if output else sys.stdout
     try:
         count = 0

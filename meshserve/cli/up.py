@@ -148,6 +148,10 @@ def up(
     announce_file: Annotated[
         Path | None, typer.Option(help="once up, write the addresses and child PIDs as JSON here")
     ] = None,
+    trace_sample_ratio: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="share of calls traced with OpenTelemetry by every service (0: tracing off)")] = 0.0,
+    otlp_endpoint: Annotated[str, typer.Option(
+        help="OTLP/gRPC collector the spans go to: host:port, or https://host:port")] = "",
 ) -> None:
     """Start etcd, NATS, the audit service, the router, the Python and R runtimes and Triton; Ctrl-C stops them."""
     # Also when started with SIGINT ignored (a background job of a script).
@@ -166,7 +170,7 @@ def up(
         runtime_port=runtime_port, data_dir=data_dir, log_level=log_level, audit_port=audit_port,
         nats_port=nats_port, audit=audit, triton_repository=triton_repository if triton else None,
         pipelines=tuple(pipeline if pipeline is not None else _example_pipelines(model_repository)),
-        dev_mode=dev_mode, tls=tls,
+        dev_mode=dev_mode, tls=tls, trace_sample_ratio=trace_sample_ratio, otlp_endpoint=otlp_endpoint,
     ))
     pids: dict[str, int] = {}
     exit_code = 0

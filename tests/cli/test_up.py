@@ -57,7 +57,7 @@ def mesh_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, A
     announce = tmp_path / "up.json"
     proc = subprocess.Popen(
         [MESHSERVE, "up", "--router-port", "0", "--etcd-port", "0", "--nats-port", "0", "--audit-port", "0",
-         "--data-dir", str(tmp_path / "data"),
+         "--data-dir", str(tmp_path / "data"), "--trace-sample-ratio", "1",  # no collector: ids reach the audit trail
          "--announce-file", str(announce)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         env={**os.environ, "COLUMNS": "200"},
@@ -113,6 +113,23 @@ def test_up_serves_models_and_stops_every_child(mesh_up: tuple[subprocess.Popen[
     table = cli("infer", "iris", "--router", router, "--input", "features=[5.1, 3.5, 1.4, 0.2]")
     assert table.returncode == 0, table.stderr
     assert "probabilities" in table.stdout
+
+    # Every call is traced (--trace-sample-ratio 1): the audit trail finds a call by its trace id.
+    def traced() -> list[dict[str, Any]]:
+        done = cli("audit", "query", "--model", "iris", "--json", "--audit", info["audit"])
+        assert done.returncode == 0, done.stderr
+        records = [json.loads(line) for line in done.stdout.splitlines()]
+        assert len(records) == 2 and all(len(r["event"].get("trace_id", "")) == 32 for r in records), records
+        return records
+
+    first = eventually(traced)[0]
+    trace_id = first["event"]["trace_id"].upper()  # as some tracing backends show it
+    by_trace = cli("audit", "query", "--trace-id", trace_id, "--json", "--audit", info["audit"])
+    assert by_trace.returncode == 0, by_trace.stderr
+    assert [json.loads(line)["event"]["request_id"] for line in by_trace.stdout.splitlines()] == \
+        [first["event"]["request_id"]]
+    not_an_id = cli("audit", "query", "--trace-id", "xyz", "--audit", info["audit"])
+    assert not_an_id.returncode != 0 and "32 hexadecimal digits" in not_an_id.stderr
 
     if "triton" in children:  # Triton's simple, through the same router
         def simple_answers() -> None:
