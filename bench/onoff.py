@@ -43,9 +43,23 @@ class Figures:
         return sum(r.errors for v in self.runs.values() for r in v)
 
     def ratios(self, on: str, off: str) -> tuple[float, float]:
-        """(p50 at concurrency 1, throughput at 16) of ``on`` over ``off``."""
-        return (self.median(on, 1, "p50") / self.median(off, 1, "p50"),
-                self.median(on, 16, "throughput") / self.median(off, 16, "throughput"))
+        """(p50 at concurrency 1, throughput at 16) of ``on`` over ``off``: the median of the
+        round-by-round ratios.
+
+        Each round measures both set-ups back to back, so its ratio compares figures taken
+        seconds apart; the machine's drift between rounds (as large as the costs measured,
+        on a shared 2-core machine) cancels out of it, where it would not out of a ratio of
+        medians taken from different rounds.
+        """
+        return (statistics.median(self.round_ratios(on, off, "p50")),
+                statistics.median(self.round_ratios(on, off, "throughput")))
+
+    def round_ratios(self, on: str, off: str, what: str) -> list[float]:
+        """``on`` over ``off`` in each round: p50 at concurrency 1, or throughput at 16."""
+        if what == "p50":
+            return [a.percentile_ms(50) / b.percentile_ms(50)
+                    for a, b in zip(self.runs[on, 1], self.runs[off, 1], strict=True)]
+        return [a.throughput / b.throughput for a, b in zip(self.runs[on, 16], self.runs[off, 16], strict=True)]
 
     def keyed(self, what: str) -> dict[str, float]:
         return {f"{label} c{c}": self.median(label, c, what) for label, c in self.runs}
@@ -61,7 +75,8 @@ class Figures:
         }, indent=2))
 
     def print_table(self, title: str, rounds: int) -> None:
-        print(f"\n{title} ({os.cpu_count()} cores, h2load, median of {rounds} alternating rounds)")
+        print(f"\n{title} ({os.cpu_count()} cores, h2load, median of {rounds} alternating rounds; "
+              "ratios: the median of the rounds' ratios)")
         print(f"  {'set-up':26}{'c=1 p50':>10}{'c=1 p99':>10}{'c=16 calls/s':>14}")
         for label in dict.fromkeys(label for label, _ in self.runs):
             print(f"  {label:26}{self.median(label, 1, 'p50'):9.3f}ms{self.median(label, 1, 'p99'):9.3f}ms"

@@ -96,10 +96,10 @@ def main() -> int:
     # Warm-up calls are traced too but not counted by h2load: spans per measured call is an upper bound.
     spans_per_call = receiver.spans / traced_calls if traced_calls else 0.0
     figures.print_table("Tracing, iris", ROUNDS)
-    rounds = [a.percentile_ms(50) / b.percentile_ms(50)
-              for a, b in zip(figures.runs[ON, 1], figures.runs[OFF, 1], strict=True)]
+    rounds = figures.round_ratios(ON, OFF, "p50")
     print(f"  target: tracing on / off p50 {latency:.3f}x <= 1.1x: {'met' if latency <= 1.1 else 'NOT MET'} "
-          f"(round by round: {', '.join(f'{r:.2f}x' for r in rounds)})")
+          f"(round by round: {', '.join(f'{r:.2f}x' for r in rounds)}; the set-ups' median p50s: "
+          f"{figures.median(ON, 1, 'p50') / figures.median(OFF, 1, 'p50'):.3f}x)")
     print(f"  tracing on / off throughput (c=16): {throughput:.3f}x")
     print(f"  spans received: {receiver.spans} in {receiver.exports} exports "
           f"({spans_per_call:.2f} per measured call, warm-up calls included)")

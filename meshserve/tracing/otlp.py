@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-    from opentelemetry.trace import SpanContext
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +129,9 @@ def _attributes(field: int, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(parts)
 
 
-def _flags(parent: SpanContext | None) -> bytes:
-    return _SPAN_FLAGS + _FIXED32.pack(_HAS_IS_REMOTE | _IS_REMOTE if parent is not None and parent.is_remote
-                                       else _HAS_IS_REMOTE)
+_LOCAL_PARENT = _SPAN_FLAGS + _FIXED32.pack(_HAS_IS_REMOTE)
+_REMOTE_PARENT = _SPAN_FLAGS + _FIXED32.pack(_HAS_IS_REMOTE | _IS_REMOTE)
+_TIMES = struct.Struct("<BQBQ")  # Span fields 7 and 8, fixed64 both
 
 
 @functools.lru_cache(maxsize=1024)
@@ -141,40 +140,66 @@ def _name_and_kind(name: str, kind: int) -> bytes:
     return _string(5, name) + _uint(6, kind + 1)
 
 
+@functools.lru_cache(maxsize=256)
+def _status(code: int, description: str | None) -> bytes:
+    """Span field 15, Status: message 2, code 3 (always present, as the SDK's encoder writes it)."""
+    return _bytes(15, _string(2, description) + _uint(3, code))
+
+
+@functools.lru_cache(maxsize=4096)
+def _scalar_attributes(items: tuple[tuple[str, type, Any], ...]) -> bytes:
+    return b"".join(_scalar_attribute(9, key, kind.__name__, value) for key, kind, value in items)
+
+
+_SCALARS = frozenset({str, int, bool, float})
+
+
+def _span_attributes(attributes: Mapping[str, Any]) -> bytes:
+    """Span field 9: a span's attributes; all-scalar sets (nearly every span's) are encoded once."""
+    if not attributes:
+        return b""
+    items = []
+    for key, value in attributes.items():
+        kind = type(value)
+        if kind not in _SCALARS:
+            return _attributes(9, attributes)
+        items.append((key, kind, value))
+    return _scalar_attributes(tuple(items))
+
+
 def _span(span: ReadableSpan) -> bytes:
     """Span: ids 1, 2, 4; trace_state 3; name 5; kind 6; times 7, 8; attributes 9; events 11;
     links 13; dropped counts 10, 12, 14; status 15; flags 16."""
     context = span.get_span_context()
     assert context is not None and span.start_time is not None and span.end_time is not None
     parent = span.parent
-    parts = [
-        b"\x0a\x10", context.trace_id.to_bytes(16, "big"),
-        b"\x12\x08", context.span_id.to_bytes(8, "big"),
-    ]
+    parts = [b"\x0a\x10" + context.trace_id.to_bytes(16, "big") + b"\x12\x08" + context.span_id.to_bytes(8, "big")]
     if context.trace_state:
         parts.append(_string(3, ",".join(f"{k}={v}" for k, v in context.trace_state.items())))
     if parent is not None:
-        parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
+        parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
     parts += (
         _name_and_kind(span.name, span.kind.value),
-        b"\x39", _FIXED64.pack(span.start_time),
-        b"\x41", _FIXED64.pack(span.end_time),
-        _attributes(9, span.attributes),
-        _uint(10, span.dropped_attributes),
+        _TIMES.pack(0x39, span.start_time, 0x41, span.end_time),
+        _span_attributes(span.attributes or {}),
     )
+    if span.dropped_attributes:
+        parts.append(_uint(10, span.dropped_attributes))
     for event in span.events:  # Event: time 1, name 2, attributes 3, dropped 4
         parts.append(_bytes(11, b"\x09" + _FIXED64.pack(event.timestamp) + _string(2, event.name)
                             + _attributes(3, event.attributes) + _uint(4, event.dropped_attributes)))
-    parts.append(_uint(12, span.dropped_events))
+    if span.dropped_events:
+        parts.append(_uint(12, span.dropped_events))
     for link in span.links:  # Link: trace id 1, span id 2, attributes 4, dropped 5, flags 6
         parts.append(_bytes(13, b"\x0a\x10" + link.context.trace_id.to_bytes(16, "big")
                             + b"\x12\x08" + link.context.span_id.to_bytes(8, "big")
                             + _attributes(4, link.attributes) + _uint(5, link.dropped_attributes)
                             + b"\x35" + _FIXED32.pack(_HAS_IS_REMOTE | (_IS_REMOTE if link.context.is_remote else 0))))
-    parts.append(_uint(14, span.dropped_links))
-    status = span.status  # Status: message 2, code 3
-    parts.append(_bytes(15, _string(2, status.description) + _uint(3, status.status_code.value)))
-    parts.append(_flags(parent))
+    if span.dropped_links:
+        parts.append(_uint(14, span.dropped_links))
+    status = span.status
+    parts.append(_status(status.status_code.value, status.description))
+    parts.append(_REMOTE_PARENT if parent is not None and parent.is_remote else _LOCAL_PARENT)
     return b"".join(parts)
 
 
