@@ -58,7 +58,7 @@ def p50_of(work: Callable[[], object], calls: int = CALLS) -> float:
 
 def measure(address: str, request: bytes) -> Result:
     if h2load_available():
-        return run_h2load(address, request, concurrency=1, warmup_s=0.3, duration_s=2)
+        return run_h2load(address, request, concurrency=1, warmup_s=0.3, duration_s=2, drain=True)
     return run_load(address, request, concurrency=1, processes=1, warmup_s=0.3, duration_s=2)
 
 

@@ -46,7 +46,7 @@ REQUEST = build_request("simple", {
 
 def measure(address: str, concurrency: int, duration_s: float) -> Result:
     if h2load_available():
-        return run_h2load(address, REQUEST, concurrency=concurrency, warmup_s=0.5, duration_s=duration_s)
+        return run_h2load(address, REQUEST, concurrency=concurrency, warmup_s=0.5, duration_s=duration_s, drain=True)
     return run_load(address, REQUEST, concurrency=concurrency, processes=min(2, concurrency), warmup_s=0.5,
                     duration_s=duration_s)
 
