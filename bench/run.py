@@ -84,8 +84,9 @@ def measure(scenario: Scenario, addresses: dict[str, str], rounds: int) -> dict[
         "iris", {"features": np.random.default_rng(0).random((scenario.rows, 4), dtype=np.float32)}
     ).SerializeToString()
     runs: dict[str, list[Result]] = {side: [] for side in addresses}
-    for _ in range(rounds):
-        for side, address in addresses.items():
+    order = list(addresses.items())
+    for number in range(rounds):  # the order reversed every other round: no set-up always follows another
+        for side, address in order if number % 2 == 0 else reversed(order):
             runs[side].append(run_load(address, request, concurrency=scenario.concurrency,
                                        processes=scenario.processes, warmup_s=0.5,
                                        duration_s=scenario.seconds / rounds))
@@ -175,7 +176,7 @@ def extra_router(mesh: LocalMesh, name: str, *flags: str) -> Iterator[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="alternating direct/router rounds per scenario")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating direct/router rounds per scenario")
     parser.add_argument("--only", default="", help="run only scenarios whose name contains this")
     args = parser.parse_args()
     config = MeshConfig(model_repository=ROOT / "examples" / "models", router_port=0, etcd_port=0, nats_port=0,
