@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from e2e.helpers import assert_eventually
 
 MESHSERVE = str(Path(sys.executable).parent / "meshserve")
 T = TypeVar("T")
@@ -28,16 +29,8 @@ pytestmark = [
 ]
 
 
-def eventually(check: Callable[[], T], timeout: float = 20.0) -> T:
-    """Retry ``check`` until it stops raising AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+def eventually(check: Callable[[], T]) -> T:
+    return assert_eventually(check, timeout=20.0, interval=0.2)
 
 
 def alive(pid: int) -> bool:

@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import time
 import urllib.request
-from collections.abc import Callable
-from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-T = TypeVar("T")
-
-
-def assert_eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.1) -> T:
-    """Call ``check`` until it stops raising AssertionError; its last error after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return check()
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(interval)
 
 
 def scrape(address: str) -> Samples:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from e2e.helpers import assert_eventually
 
 from meshserve.oip import build_request
 from meshserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
 
 from .conftest import MetricsMesh
-from .helpers import assert_eventually, scrape, total, value
+from .helpers import scrape, total, value
 
 ROW = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
 OK, BAD, MISSING, STREAMED = 7, 3, 2, 2

@@ -3,35 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
 import pytest
 
-from meshserve.audit.publisher import Event, EventPublisher, batches
+from meshserve.audit.publisher import EventPublisher, batches
 from meshserve.audit.spool import Spool
 from meshserve.audit.stream import STREAM
 from meshserve.errors import Unavailable
 from meshserve.local.nats import NatsServer
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats", tmp_path / "nats.log")
-    server.start()
-    yield server
-    server.stop()
-
-
-def events(n: int) -> list[Event]:
-    out = []
-    for _ in range(n):
-        event = audit_pb2.CallEvent(event_id=uuid.uuid4().hex, model="iris")
-        out.append((event.event_id, event.SerializeToString(deterministic=True)))
-    return out
+from .helpers import events, until
 
 
 async def stored_ids(url: str) -> list[str]:
@@ -47,14 +32,6 @@ async def stored_ids(url: str) -> list[str]:
         return ids
     finally:
         await nc.close()
-
-
-async def until(check: Callable[[], bool], within_s: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within_s
-    while not check():
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

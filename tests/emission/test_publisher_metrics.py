@@ -3,37 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
-from meshserve.audit.publisher import Event, EventPublisher, batches
+from meshserve.audit.publisher import EventPublisher, batches
 from meshserve.audit.spool import Spool
 from meshserve.local.nats import NatsServer
-from meshserve.protos.meshserve.audit.v1 import audit_pb2
 
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats", tmp_path / "nats.log")
-    server.start()
-    yield server
-    server.stop()
-
-
-def events(n: int) -> list[Event]:
-    made = [audit_pb2.CallEvent(event_id=uuid.uuid4().hex, model="iris") for _ in range(n)]
-    return [(e.event_id, e.SerializeToString()) for e in made]
-
-
-async def until(check: Callable[[], bool], within_s: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within_s
-    while not check():
-        assert loop.time() < end, "condition not reached in time"
-        await asyncio.sleep(0.05)
+from .helpers import events, until
 
 
 async def test_events_are_counted_through_an_outage(broker: NatsServer, tmp_path: Path) -> None:
