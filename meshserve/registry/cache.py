@@ -57,9 +57,12 @@ class ModelView:
 class RegistryCache:
     """In-memory registry view, kept current by an etcd watch."""
 
-    def __init__(self, endpoint: str, on_change: Callable[[set[str]], None] | None = None) -> None:
+    def __init__(self, endpoint: str, on_change: Callable[[set[str]], None] | None = None,
+                 on_routers: Callable[[set[str]], None] | None = None) -> None:
         self.endpoint = endpoint
         self.runtimes: dict[str, pb.Runtime] = {}
+        # The live routers, by id: ``on_routers`` hears their ids whenever the set changes.
+        self.routers: dict[str, pb.Router] = {}
         self.placements: dict[tuple[str, str, str], pb.Placement] = {}
         # The same placements by model, then (version, runtime id): a watch event rebuilds
         # one model's view without scanning the whole registry.
@@ -95,6 +98,7 @@ class RegistryCache:
         self.revision = 0
         self.connected = False
         self._on_change = on_change
+        self._on_routers = on_routers
         self._client: aetcd.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
@@ -137,6 +141,7 @@ class RegistryCache:
         assert self._client is not None
         snapshot = await self._client.get_prefix(keys.ROOT.encode())
         self.runtimes.clear()
+        self.routers.clear()
         self.placements.clear()
         self._by_model.clear()
         for _, records, _ in self._model_records:
@@ -145,6 +150,7 @@ class RegistryCache:
             self._put(kv.key, kv.value)
         self.revision = snapshot.header.revision
         self._rebuild(None)
+        self._routers_changed()
         self.connected = True
         self.synced.set()
         log.info("registry snapshot at revision %d: %d runtimes, %d models",
@@ -164,6 +170,10 @@ class RegistryCache:
         if runtime_id is not None:
             with contextlib.suppress(Exception):
                 self.runtimes[runtime_id] = pb.Runtime.FromString(value)
+        router_id = keys.parse_router_key(key)
+        if router_id is not None:
+            with contextlib.suppress(Exception):
+                self.routers[router_id] = pb.Router.FromString(value)
         for parse, records, message in self._model_records:
             model = parse(key)
             if model is not None:
@@ -187,6 +197,9 @@ class RegistryCache:
         runtime_id = keys.parse_runtime_key(key)
         if runtime_id is not None:
             self.runtimes.pop(runtime_id, None)
+        router_id = keys.parse_router_key(key)
+        if router_id is not None:
+            self.routers.pop(router_id, None)
         for parse, records, _ in self._model_records:
             model = parse(key)
             if model is not None:
@@ -218,6 +231,10 @@ class RegistryCache:
             self.models[name] = ModelView(name, ready, tuple(versions), latest)
         if self._on_change is not None:
             self._on_change(names)
+
+    def _routers_changed(self) -> None:
+        if self._on_routers is not None:
+            self._on_routers(set(self.routers))
 
     async def _watch_forever(self) -> None:
         """Follow the registry for as long as the router lives; nothing may end this loop."""
@@ -254,6 +271,8 @@ class RegistryCache:
             changed = self._put(event.kv.key, event.kv.value) if event.kind == "PUT" else self._delete(event.kv.key)
             if changed is not None:
                 self._rebuild({changed})
+            elif keys.parse_router_key(event.kv.key) is not None:
+                self._routers_changed()
         except Exception:
             log.exception("skipping registry event for key %r", event.kv.key)
         self.revision = max(self.revision, event.kv.mod_revision)

@@ -14,6 +14,7 @@ RATE_LIMITS = ROOT + "rate-limits/"
 MODEL_LIMITS = ROOT + "model-limits/"
 CATALOG = ROOT + "catalog/"
 PLACING = ROOT + "placing/"
+ROUTERS = ROOT + "routers/"
 
 
 def runtime_key(runtime_id: str) -> bytes:
@@ -114,3 +115,12 @@ def parse_catalog_key(key: bytes) -> str | None:
 def placing_key(model: str, version: str) -> bytes:
     """The claim a router holds (under a lease) while it places a model version."""
     return f"{PLACING}{model}/{version}".encode()
+
+
+def router_key(router_id: str) -> bytes:
+    """A live router's record (under its lease): the routers count each other to share rate limits."""
+    return (ROUTERS + router_id).encode()
+
+
+def parse_router_key(key: bytes) -> str | None:
+    return _after(ROUTERS, key)

@@ -118,6 +118,36 @@ class Runtime(_message.Message):
 Global___Runtime: _TypeAlias = Runtime  # noqa: Y015
 
 @_typing.final
+class Router(_message.Message):
+    """A router process, stored at /meshserve/v1/routers/<id> under the router's lease. The
+    routers count each other in these records to share every principal's rate limit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_UNIX_MS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    address: _builtins.str
+    """host:port where the router serves the inference protocol."""
+    started_at_unix_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        started_at_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "id", b"id", "started_at_unix_ms", b"started_at_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Router: _TypeAlias = Router  # noqa: Y015
+
+@_typing.final
 class CatalogModel(_message.Message):
     """A model registered without being loaded anywhere, stored at /meshserve/v1/catalog/<model>.
     The first call to a version places it on a runtime of its kind with room, which loads
