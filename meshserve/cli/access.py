@@ -147,7 +147,10 @@ def set_rate(
     burst: Annotated[int, typer.Option(min=1, help="calls allowed at once above the rate")] = 10,
     etcd: EtcdOption = DEFAULT_ETCD,
 ) -> None:
-    """Limit PRINCIPAL's ModelInfer calls per router; over it, calls get RESOURCE_EXHAUSTED."""
+    """Limit PRINCIPAL's ModelInfer calls across all routers; over it, calls get RESOURCE_EXHAUSTED.
+
+    The live routers share the rate and burst evenly: spread the principal's calls over them.
+    """
     if principal != ANONYMOUS_NAME:
         apikeys.check_name("principal", principal)
     limit = auth_pb2.RateLimit(principal=principal, calls_per_second=calls_per_second, burst=burst)

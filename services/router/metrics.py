@@ -20,6 +20,7 @@ from meshserve.metrics import CODE_NAMES, SLOW_BUCKETS, CallSeries, Sampled, Sam
 
 if TYPE_CHECKING:
     from meshserve.audit.publisher import EventPublisher
+    from meshserve.auth.limits import RateLimiter
     from meshserve.registry.cache import RegistryCache
 
     from .audit import Call
@@ -89,7 +90,7 @@ class RouterMetrics:
         return [((model, version), count) for (model, version), count in self.model_inflight.copy().items()]
 
     def watch(self, cache: RegistryCache, pool: ConnectionPool, placer: Placer, scaler: Scaler,
-              publisher: EventPublisher | None) -> None:
+              publisher: EventPublisher | None, rates: RateLimiter | None = None) -> None:
         """Add the series read from the router's parts when Prometheus scrapes, and register them."""
         self._known = lambda name: (name in cache.models or name in cache.pipelines or name in cache.catalog
                                     or name in cache.departed)
@@ -110,6 +111,9 @@ class RouterMetrics:
                 "cache, blind to changes", lambda: up(cache.connected))
         s.gauge(f"{PREFIX}_registry_revision", "etcd revision of the registry the router routes by",
                 lambda: cache.revision)
+        if rates is not None:
+            s.gauge(f"{PREFIX}_rate_limit_routers", "Live routers sharing each principal's rate limit, this one "
+                    "included: it enforces 1/N of every limit", lambda: rates.routers)
         if publisher is not None:
             s.gauge(f"{PREFIX}_nats_connected", "1 while the router publishes call events to NATS JetStream",
                     lambda: up(publisher.connected))

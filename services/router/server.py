@@ -22,7 +22,9 @@ from meshserve.metrics import MetricsServer
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.auth.v1 import auth_pb2
 from meshserve.protos.meshserve.registry.v1 import registry_pb2
+from meshserve.registry import keys
 from meshserve.registry.cache import RegistryCache
+from meshserve.registry.registration import Presence, now_ms
 from meshserve.settings import load_settings, setup_logging
 
 from .admin import RegistryServicer
@@ -63,7 +65,9 @@ class Router:
         self.metrics_server = MetricsServer(self.metrics.registry)
         self.pool = ConnectionPool(settings.max_message_bytes, settings.use_link, eject_s=settings.eject_s,
                                    breaker_failures=settings.breaker_failures)
-        self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed)
+        self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed,
+                                   on_routers=self._routers_changed)
+        self.presence: Presence | None = None  # this router's record in etcd, once it listens
         placer = Placer(self.cache, self.pool, load_timeout_s=settings.load_wait_s, metrics=self.metrics)
         resolver = Resolver(self.cache, placer)
         self.scaler = Scaler(self.cache, placer, target_calls_per_s=settings.scale_calls_per_s,
@@ -77,12 +81,12 @@ class Router:
                                settings.audit_capture_max_bytes, settings.audit_flush_s)
         self.access = Access(self.cache.api_keys, self.cache.access_rules, lambda: self.cache.auth_revision,
                              dev_mode=settings.dev_mode, jwt=verifier_from_settings(settings))
-        rates = RateLimiter(self.cache.rate_limits, auth_pb2.RateLimit(
+        self.rates = RateLimiter(self.cache.rate_limits, auth_pb2.RateLimit(
             calls_per_second=settings.rate_limit_per_s, burst=settings.rate_limit_burst))
-        self.forwarder = Forwarder(resolver, self.pool, self.audit, self.access, rates,
+        self.forwarder = Forwarder(resolver, self.pool, self.audit, self.access, self.rates,
                                    max_attempts=settings.max_attempts, retry_min_s=settings.retry_min_s,
                                    metrics=self.metrics)
-        self.metrics.watch(self.cache, self.pool, placer, self.scaler, publisher)
+        self.metrics.watch(self.cache, self.pool, placer, self.scaler, publisher, self.rates)
         mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s, self.access, self.audit)
         self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)
         fwd = self.forwarder
@@ -111,6 +115,13 @@ class Router:
     def _registry_changed(self, _models: set[str]) -> None:
         self.pool.retain({p.address for p in self.cache.placements.values()})
 
+    def _routers_changed(self, routers: set[str]) -> None:
+        """Share every rate limit evenly among the live routers (this one counts before its record is seen)."""
+        count = len(routers | {self.settings.router_id})
+        if count != self.rates.routers:
+            log.info("%d live routers: this one enforces 1/%d of each principal's rate limit", count, count)
+        self.rates.share_among(count)
+
     async def start(self) -> None:
         """Serve metrics, load the registry, then listen on the configured port (see :attr:`address`)."""
         # The default port gives way when taken (several routers on one host); one asked for must be free.
@@ -125,6 +136,12 @@ class Router:
             log.warning("DEV MODE: callers WITHOUT A KEY may infer and read metadata of EVERY model; "
                         "never run a router with --dev-mode outside local development")
         address = self.grpc.bind(self.settings.host, self.settings.port)
+        # Registered before it serves: the others lower their shares before its calls come.
+        record = registry_pb2.Router(id=self.settings.router_id, address=address, started_at_unix_ms=now_ms())
+        self.presence = Presence(self.settings.etcd_endpoint, f"router {record.id} at {address}",
+                                 {keys.router_key(record.id): record.SerializeToString()},
+                                 ttl=self.settings.lease_ttl_s)
+        await self.presence.start(wait=self.settings.etcd_wait_s)
         await self.grpc.start()
         log.info("router serving the inference protocol on %s (etcd %s)", address, self.settings.etcd_endpoint)
 
@@ -132,6 +149,8 @@ class Router:
         return {"address": self.address, "metrics_address": self.metrics_server.address}
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.presence is not None:
+            await self.presence.stop()  # the others take over its share at once
         await self.grpc.stop(grace)
         await self.scaler.stop()
         await self.audit.stop()

@@ -35,7 +35,8 @@ class RouterSettings(JwtSettings, MetricsSettings, ServiceSettings):
         Path("meshserve-data/router"), description="where the router keeps its audit spool (one folder per router)"
     )
     router_id: str = Field(default_factory=lambda: f"router-{socket.gethostname()}-{os.getpid()}",
-                           description="this router's name in call events")
+                           description="this router's name in call events and in the registry "
+                           "(one name per router: the routers count each other by it)")
     audit_flush_s: float = Field(
         0.05, description="how long call events gather into one batch before they are published"
     )
@@ -47,9 +48,12 @@ class RouterSettings(JwtSettings, MetricsSettings, ServiceSettings):
         False, description="let callers without a key infer and read metadata of every model (local development only)"
     )
     rate_limit_per_s: float = Field(
-        0.0, ge=0, description="calls per second each principal may make without a rate limit of its own (0: none)"
-    )
+        0.0, ge=0, description="calls per second each principal without a rate limit of its own may make across "
+        "all routers, which share it evenly (0: none; give every router the same)")
     rate_limit_burst: int = Field(0, ge=0, description="calls a principal may make at once above its rate")
+    lease_ttl_s: int = Field(
+        3, ge=2, description="seconds the registry keeps this router after it dies; the live routers share every "
+        "principal's rate limit evenly, so until then the others hold principals to a smaller share")
     eject_s: float = Field(
         2.0, description="how long a replica whose breaker opened is avoided before one probe call (when others exist)"
     )

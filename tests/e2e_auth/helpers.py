@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from meshserve.local.mesh import LocalMesh, MeshConfig
 
@@ -16,10 +18,14 @@ MESHSERVE = str(Path(sys.executable).parent / "meshserve")
 
 
 @contextmanager
-def keyed_mesh(data_dir: Path) -> Iterator[LocalMesh]:
-    """The local mesh (no R, no Triton) outside dev mode: every caller needs a key and a rule."""
+def keyed_mesh(data_dir: Path, **changes: Any) -> Iterator[LocalMesh]:
+    """The local mesh (no R, no Triton) outside dev mode: every caller needs a key and a rule.
+
+    ``changes`` replace fields of its MeshConfig (``routers=3``...).
+    """
     config = MeshConfig(model_repository=ROOT / "examples" / "models", dev_mode=False, r_runtime=False,
                         router_port=0, etcd_port=0, nats_port=0, audit_port=0, data_dir=data_dir)
+    config = dataclasses.replace(config, **changes)
     with LocalMesh(config) as running:
         yield running
 

@@ -109,8 +109,9 @@ Global___AccessRule: _TypeAlias = AccessRule  # noqa: Y015
 
 @_typing.final
 class RateLimit(_message.Message):
-    """A principal's call rate, stored at /meshserve/v1/rate-limits/<principal>: a token
-    bucket per router refilled at calls_per_second, holding at most burst calls.
+    """A principal's call rate across the mesh, stored at /meshserve/v1/rate-limits/<principal>:
+    each of the N live routers keeps a token bucket refilled at calls_per_second / N,
+    holding at most burst / N calls (at least one).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
