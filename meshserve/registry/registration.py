@@ -19,6 +19,7 @@ import aetcd
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
 from meshserve.registry.etcd import connect
+from meshserve.tls import MeshTls
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,9 @@ def now_ms() -> int:
 class Registration:
     """Keeps one runtime and its placements in etcd for as long as the runtime lives."""
 
-    def __init__(self, endpoint: str, runtime: pb.Runtime, *, ttl: int = 5) -> None:
+    def __init__(self, endpoint: str, runtime: pb.Runtime, *, ttl: int = 5, mesh_tls: MeshTls | None = None) -> None:
         self.endpoint = endpoint
+        self._mesh_tls = mesh_tls  # for an https:// etcd
         self.runtime = runtime
         self.ttl = ttl
         self._client: aetcd.Client | None = None
@@ -43,7 +45,7 @@ class Registration:
         self._dirty = False
 
     async def start(self, *, wait: float = 10.0) -> None:
-        self._client = await connect(self.endpoint, wait=wait)
+        self._client = await connect(self.endpoint, mesh_tls=self._mesh_tls, wait=wait)
         async with self._lock:
             await self._register_all()
         self._keeper = asyncio.create_task(self._keep_alive(), name="registry-keepalive")
