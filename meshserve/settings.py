@@ -37,8 +37,9 @@ class ServiceSettings(BaseSettings):
         None, description="once serving, write {pid, address} as JSON to this file (for supervisors)"
     )
     tls_ca: Path | None = Field(None, description="mesh CA certificate (PEM); with tls_cert and tls_key turns TLS on")
-    tls_cert: Path | None = Field(None, description="this service's certificate (PEM), from `meshserve certs issue`")
-    tls_key: Path | None = Field(None, description="this service's private key (PEM)")
+    tls_cert: Path | None = Field(None, description="this service's certificate (PEM), from `meshserve certs issue`; "
+                                  "read again when the file changes (`meshserve certs rotate`)")
+    tls_key: Path | None = Field(None, description="this service's private key (PEM), read again with the certificate")
     trace_sample_ratio: float = Field(
         0.0, ge=0.0, le=1.0,
         description="tracing: share of the calls arriving without a trace that start one (0 turns tracing off, "
