@@ -143,14 +143,25 @@ class MeshTls:
         self.files: Files = (ca, cert, key)
         self.check_s = check_s
         self._lock = threading.Lock()  # gRPC asks for certificates from its own threads
+        self._signature: tuple[Any, ...] = ()
+        self._state = (0, self._first_read())  # (generation, identity), swapped as one
+        self._checked = time.monotonic()
+        self._refused: tuple[Any, ...] = ()
+        self._client: tuple[int, ssl.SSLContext] | None = None
+
+    def _first_read(self) -> Identity:
+        try:
+            return self._read_files()
+        except FailedPrecondition:
+            time.sleep(0.1)  # perhaps caught between the new key and the new certificate of a rotation
+            return self._read_files()
+
+    def _read_files(self) -> Identity:
         try:  # before reading, so that a change made while they are read is seen next time
             self._signature = _signature(self.files)
         except OSError:
             self._signature = ()
-        self._state = (0, Identity.load(ca, cert, key))  # (generation, identity), swapped as one
-        self._checked = time.monotonic()
-        self._refused: tuple[Any, ...] = ()
-        self._client: tuple[int, ssl.SSLContext] | None = None
+        return Identity.load(*self.files)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> MeshTls | None:
