@@ -37,7 +37,6 @@ import aetcd
 import grpc
 import yaml
 
-from meshserve import tls
 from meshserve.errors import InvalidArgument, NotFound, from_rpc_error
 from meshserve.names import check_model_name, check_version
 from meshserve.oip.datatypes import DATATYPES
@@ -45,6 +44,7 @@ from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.protos.meshserve.registry.v1.registry_pb2_grpc import RegistryServiceStub
 from meshserve.registry import keys
+from meshserve.tls import MeshTls, aio_channel
 
 INPUTS = "inputs"
 MAX_STEPS = 64
@@ -236,13 +236,14 @@ async def delete(client: aetcd.Client, name: str) -> None:
         raise NotFound(f"no pipeline named {name!r}")
 
 
-async def apply(pipeline: pb.Pipeline, *, router: str, timeout_s: float = 10.0) -> pb.Pipeline:
+async def apply(pipeline: pb.Pipeline, *, router: str, timeout_s: float = 10.0,
+                mesh_tls: MeshTls | None = None) -> pb.Pipeline:
     """Ask the router at ``router`` to check ``pipeline`` against the mesh and store it.
 
-    The call carries no API key (and this process's mesh certificate, when it has one); the
-    router's refusal comes back as the matching :class:`MeshError`.
+    The call carries no API key (over TLS with ``mesh_tls``, when given); the router's
+    refusal comes back as the matching :class:`MeshError`.
     """
-    async with tls.aio_channel(router) as channel:
+    async with aio_channel(router, mesh_tls) as channel:
         try:
             response: pb.ApplyPipelineResponse = await RegistryServiceStub(channel).ApplyPipeline(
                 pb.ApplyPipelineRequest(pipeline=pipeline), timeout=timeout_s)

@@ -18,8 +18,8 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings
 
-from meshserve import tls
 from meshserve.errors import MeshError
+from meshserve.tls import MeshTls, from_paths
 
 MiB = 1024 * 1024
 
@@ -37,8 +37,9 @@ class ServiceSettings(BaseSettings):
         None, description="once serving, write {pid, address} as JSON to this file (for supervisors)"
     )
     tls_ca: Path | None = Field(None, description="mesh CA certificate (PEM); with tls_cert and tls_key turns TLS on")
-    tls_cert: Path | None = Field(None, description="this service's certificate (PEM), from `meshserve certs issue`")
-    tls_key: Path | None = Field(None, description="this service's private key (PEM)")
+    tls_cert: Path | None = Field(None, description="this service's certificate (PEM), from `meshserve certs issue`; "
+                                  "read again when the file changes (`meshserve certs rotate`)")
+    tls_key: Path | None = Field(None, description="this service's private key (PEM), read again with the certificate")
     trace_sample_ratio: float = Field(
         0.0, ge=0.0, le=1.0,
         description="tracing: share of the calls arriving without a trace that start one (0 turns tracing off, "
@@ -50,6 +51,14 @@ class ServiceSettings(BaseSettings):
 
     # Runtimes answer mesh services only: with TLS on, a caller must present a mesh certificate.
     require_client_cert: ClassVar[bool] = False
+
+    def mesh_tls(self) -> MeshTls | None:
+        """This service's mesh identity from ``tls_ca``, ``tls_cert`` and ``tls_key`` (None: plain text).
+
+        Make it once at start-up and pass it to what opens connections; it reads the files
+        again when they change (see :mod:`meshserve.tls`).
+        """
+        return from_paths(self.tls_ca, self.tls_cert, self.tls_key)
 
 
 class MetricsSettings(BaseSettings):
@@ -105,8 +114,8 @@ def load_settings(cls: type[S], argv: Sequence[str] | None = None, prog: str | N
         parser.error("; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}"
                                for err in e.errors()))
     if isinstance(settings, ServiceSettings):
-        try:
-            tls.install(tls.from_paths(settings.tls_ca, settings.tls_cert, settings.tls_key))
+        try:  # fail at once on unusable TLS files; the service makes its own identity when it starts
+            settings.mesh_tls()
         except MeshError as e:
             parser.error(e.message)
     return settings

@@ -23,11 +23,11 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from meshserve import tls
 from meshserve.audit.spool import Spool, SpoolFull, read_segment
 from meshserve.audit.stream import BATCH_SUBJECT, ensure_stream
 from meshserve.errors import Unavailable
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
+from meshserve.tls import MeshTls, nats_options
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,10 @@ def _events(batch: bytes) -> int:
 
 
 class EventPublisher:
-    def __init__(self, nats_url: str, spool: Spool, *, ack_timeout_s: float = 2.0) -> None:
+    def __init__(self, nats_url: str, spool: Spool, *, ack_timeout_s: float = 2.0,
+                 mesh_tls: MeshTls | None = None) -> None:
         self.nats_url = nats_url
+        self.mesh_tls = mesh_tls  # for a tls:// URL
         self.spool = spool
         self.ack_timeout_s = ack_timeout_s
         # Counted in batches (published, spooled) and in events (dropped and the rest, for metrics).
@@ -180,7 +182,7 @@ class EventPublisher:
                 nc = await nats.connect(self.nats_url, allow_reconnect=True, max_reconnect_attempts=-1,
                                         reconnect_time_wait=0.5, connect_timeout=2,
                                         reconnected_cb=self._on_reconnect, disconnected_cb=self._on_disconnect,
-                                        error_cb=self._on_error, **tls.nats_options(self.nats_url))
+                                        error_cb=self._on_error, **nats_options(self.nats_url, self.mesh_tls))
                 js = nc.jetstream()
                 await ensure_stream(js)
                 self._nc, self._js = nc, js

@@ -3,7 +3,8 @@
 Decisions are cached per (principal, model, action) and per presented token; both
 caches are dropped whenever a key or a rule changes in the registry (the router's watch
 bumps ``revision``), so a revoked key stops working as soon as the router sees it. A
-JWT's principal is cached with the token's expiry and checked again once it has passed.
+JWT's principal is cached with the token's expiry and checked again once it has passed,
+or as soon as the issuer's key set changes (a key may have left it).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Access:
         self._seen = -1
         self._tokens: dict[str, Principal] = {}  # API keys: valid until the registry changes
         self._jwts: dict[str, tuple[Principal, float]] = {}  # JWTs: (principal, expiry in Unix seconds)
+        self._jwt_keys = -1  # the key set generation the cached JWTs were checked against
         self._decisions: dict[tuple[Principal, str, str], bool] = {}
         self._malformed = ("the authorization header is malformed: send 'Bearer ms_<id>_<secret>', "
                            "a key from `meshserve keys create`")
@@ -102,6 +104,10 @@ class Access:
         return principal
 
     def _jwt_principal(self, verifier: JwtVerifier, header: str, token: str) -> Principal:
+        keys = verifier.key_generation()
+        if keys != self._jwt_keys:
+            self._jwts.clear()
+            self._jwt_keys = keys
         now = time.time()
         cached = self._jwts.get(header)
         if cached is not None:

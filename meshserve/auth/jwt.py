@@ -1,16 +1,15 @@
 """JWT bearer tokens from an external issuer, checked against its public keys.
 
-A token is accepted when it is signed by a key of the configured set (a JWKS file, or a
-PEM public key) with an allowed asymmetric algorithm, names the configured issuer and
-audience, has an ``exp`` that has not passed and no ``nbf`` still to come (both with a
-small leeway), and names a principal. Each key is bound to one algorithm when the set is
-loaded, so a token cannot choose how its key is read (no ``none``, no HS256 over a public
-key's text).
+A token is accepted when it is signed by a key of the configured set (a JWKS file or
+URL, or a PEM public key; see :mod:`meshserve.auth.keysets`, which keeps it fresh) with
+an allowed asymmetric algorithm, names the configured issuer and audience, has an
+``exp`` that has not passed and no ``nbf`` still to come (both with a small leeway), and
+names a principal. Each key is bound to one algorithm when the set is loaded, so a token
+cannot choose how its key is read (no ``none``, no HS256 over a public key's text).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -19,24 +18,29 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_algorithms
+from jwt.algorithms import get_default_algorithms
 
 from meshserve.errors import Unauthenticated
 
 from .access import ANONYMOUS_NAME, Principal
+from .keysets import (
+    DEFAULT_ALGORITHMS,
+    DEFAULT_MIN_REFRESH_S,
+    DEFAULT_REFRESH_S,
+    FileKeys,
+    KeySet,
+    KeySetError,
+    StaticKeys,
+    load_keys,
+)
+
+__all__ = ["DEFAULT_ALGORITHMS", "JwtVerifier", "KeySet", "KeySetError", "load_keys"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 DEFAULT_LEEWAY_S = 30.0
 MAX_PRINCIPAL_CHARS = 256
 _QUOTED_CHARS = 60  # values quoted from a token (kid, iss, aud) are cut to this in messages
-
-
-class KeySetError(ValueError):
-    """The key set file cannot be read, or holds no key a JWT may be checked against."""
 
 
 def _quote(value: object) -> str:
@@ -61,76 +65,6 @@ def _check_algorithms(algorithms: Sequence[str]) -> tuple[str, ...]:
     return tuple(algorithms)
 
 
-def _pem_key(path: Path, data: bytes) -> jwt.PyJWK:
-    try:
-        public = serialization.load_pem_public_key(data)
-    except ValueError as e:
-        raise KeySetError(f"{path} is neither a JWKS (JSON) nor a PEM public key file: {e}") from None
-    jwk: dict[str, Any]
-    if isinstance(public, rsa.RSAPublicKey):
-        jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
-    elif isinstance(public, ec.EllipticCurvePublicKey):
-        jwk = ECAlgorithm.to_jwk(public, as_dict=True)
-    elif isinstance(public, ed25519.Ed25519PublicKey):
-        jwk = OKPAlgorithm.to_jwk(public, as_dict=True)
-    else:
-        raise KeySetError(f"{path} holds a {type(public).__name__}: use an RSA, EC or Ed25519 public key")
-    return jwt.PyJWK(jwk)
-
-
-def _jwks_keys(path: Path, text: str) -> list[jwt.PyJWK]:
-    try:
-        document = json.loads(text)
-    except ValueError as e:
-        raise KeySetError(f"{path} is not valid JSON: {e}") from None
-    if isinstance(document, dict) and "kty" in document:
-        document = {"keys": [document]}  # a single JWK
-    entries = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise KeySetError(f'{path} is not a JWKS: expected {{"keys": [<JWK>, ...]}}')
-    keys = []
-    for n, entry in enumerate(entries, 1):
-        kid = entry.get("kid") if isinstance(entry, dict) else None
-        where = f"key {n}" + (f" (kid {kid!r})" if kid else "") + f" of {path}"
-        if not isinstance(entry, dict):
-            raise KeySetError(f"{where} is not a JSON object")
-        if entry.get("use", "sig") != "sig":
-            continue  # an encryption key, published beside the signing keys
-        if entry.get("kty") == "oct":
-            raise KeySetError(f"{where} is a shared secret (kty 'oct'): give the issuer's public keys only")
-        if any(part in entry for part in ("d", "p", "q")):
-            raise KeySetError(f"{where} holds private key material: give the issuer's public keys only")
-        try:
-            keys.append(jwt.PyJWK(entry))
-        except jwt.PyJWTError as e:
-            raise KeySetError(f"{where} cannot be used: {e}") from None
-    return keys
-
-
-def load_keys(path: Path, algorithms: Sequence[str] = DEFAULT_ALGORITHMS) -> list[jwt.PyJWK]:
-    """The public keys in a JWKS or PEM file whose algorithm is allowed; KeySetError when there are none."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise KeySetError(f"cannot read the JWT key set {path}: {e.strerror or e}") from None
-    if data.lstrip().startswith(b"{"):
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            raise KeySetError(f"{path} is not UTF-8 text") from None
-        found = _jwks_keys(path, text)
-    else:
-        found = [_pem_key(path, data)]
-    usable = [k for k in found if k.algorithm_name in algorithms]
-    for key in found:
-        if key not in usable:
-            log.warning("JWT key %s of %s is for %s, which is not allowed (%s): ignored",
-                        key.key_id or "(no kid)", path, key.algorithm_name, ", ".join(algorithms))
-    if not usable:
-        raise KeySetError(f"{path} holds no signing key for the allowed algorithms ({', '.join(algorithms)})")
-    return usable
-
-
 def _claim(payload: dict[str, Any], name: str) -> Any:
     """A claim, or a dotted path into nested claims ("realm_access.roles")."""
     if name in payload:
@@ -144,17 +78,24 @@ def _claim(payload: dict[str, Any], name: str) -> Any:
 
 
 class JwtVerifier:
-    """Checks JWT bearer tokens from one issuer, for one audience, against that issuer's public keys."""
+    """Checks JWT bearer tokens from one issuer, for one audience, against that issuer's public keys.
 
-    def __init__(self, keys: Sequence[jwt.PyJWK], *, issuer: str, audience: str,
+    ``keys``: a :class:`KeySet` (refreshed as it says), or keys given once.
+    """
+
+    def __init__(self, keys: KeySet | Sequence[jwt.PyJWK], *, issuer: str, audience: str,
                  algorithms: Sequence[str] = DEFAULT_ALGORITHMS, principal_claim: str = "sub",
                  roles_claim: str = "roles", leeway_s: float = DEFAULT_LEEWAY_S) -> None:
         if not issuer or not audience:
             raise ValueError("a JWT verifier needs both an issuer and an audience")
         self.algorithms = _check_algorithms(algorithms)
-        self.keys = [k for k in keys if k.algorithm_name in self.algorithms]
-        if not self.keys:
-            raise ValueError(f"no key for the allowed JWT algorithms ({', '.join(self.algorithms)})")
+        if not isinstance(keys, KeySet):
+            usable = [k for k in keys if k.algorithm_name in self.algorithms]
+            if not usable:
+                raise ValueError(f"no key for the allowed JWT algorithms ({', '.join(self.algorithms)})")
+            keys = KeySet(StaticKeys(usable))
+            keys.load()
+        self.key_set = keys
         self.issuer = issuer
         self.audience = audience
         self.principal_claim = principal_claim
@@ -163,12 +104,27 @@ class JwtVerifier:
 
     @classmethod
     def from_file(cls, path: Path, *, issuer: str, audience: str, algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
-                  principal_claim: str = "sub", roles_claim: str = "roles",
-                  leeway_s: float = DEFAULT_LEEWAY_S) -> JwtVerifier:
-        """A verifier over the keys of a JWKS or PEM file (KeySetError if it has none to use)."""
-        return cls(load_keys(path, _check_algorithms(algorithms)), issuer=issuer, audience=audience,
-                   algorithms=algorithms, principal_claim=principal_claim, roles_claim=roles_claim,
-                   leeway_s=leeway_s)
+                  principal_claim: str = "sub", roles_claim: str = "roles", leeway_s: float = DEFAULT_LEEWAY_S,
+                  refresh_s: float = DEFAULT_REFRESH_S, min_refresh_s: float = DEFAULT_MIN_REFRESH_S) -> JwtVerifier:
+        """A verifier over the keys of a JWKS or PEM file, read again when it changes (KeySetError if it has none)."""
+        key_set = KeySet(FileKeys(path, _check_algorithms(algorithms)), refresh_s=refresh_s,
+                         min_refresh_s=min_refresh_s)
+        key_set.load()
+        return cls(key_set, issuer=issuer, audience=audience, algorithms=algorithms,
+                   principal_claim=principal_claim, roles_claim=roles_claim, leeway_s=leeway_s)
+
+    @property
+    def keys(self) -> tuple[jwt.PyJWK, ...]:
+        """The keys tokens are checked against now."""
+        return self.key_set.keys
+
+    def key_generation(self) -> int:
+        """How many times the keys changed (after a scheduled refresh, when one is due): caches key on it."""
+        self.key_set.maybe_refresh()
+        return self.key_set.generation
+
+    def _candidates(self, alg: str, kid: str | None) -> list[jwt.PyJWK]:
+        return [k for k in self.key_set.keys if k.algorithm_name == alg and (kid is None or k.key_id == kid)]
 
     def verify(self, token: str) -> Principal:
         """The principal a valid token names; Unauthenticated, saying what is wrong, otherwise."""
@@ -184,13 +140,12 @@ class JwtVerifier:
         if alg not in self.algorithms:
             raise Unauthenticated(f"JWT algorithm {_quote(alg)} is not accepted; "
                                   f"accepted: {', '.join(self.algorithms)}")
-        candidates = [k for k in self.keys if k.algorithm_name == alg and (kid is None or k.key_id == kid)]
+        self.key_set.maybe_refresh()
+        candidates = self._candidates(alg, kid)
+        if not candidates and self.key_set.refresh_for_unknown_key():
+            candidates = self._candidates(alg, kid)  # the file held a new key
         if not candidates:
-            if kid is not None:
-                raise Unauthenticated(f"JWT key id {_quote(kid)} is not in the router's key set for {alg} "
-                                      f"(issuer {self.issuer!r}): if the issuer rotated its keys, "
-                                      "restart the router with the new set")
-            raise Unauthenticated(f"the router has no {alg} key for JWTs from {self.issuer!r}")
+            raise self._unknown_key(alg, kid)
         for key in candidates:
             try:
                 payload = jwt.decode(token, key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
@@ -202,6 +157,19 @@ class JwtVerifier:
             return self._principal(payload), float(payload["exp"])
         raise Unauthenticated(f"JWT signature does not verify with the key set of issuer {self.issuer!r}"
                               + (f" (kid {_quote(kid)})" if kid is not None else ""))
+
+    def _unknown_key(self, alg: str, kid: str | None) -> Unauthenticated:
+        keys = self.key_set
+        what = (f"JWT key id {_quote(kid)} is not in the router's key set for {alg}" if kid is not None
+                else f"the router has no {alg} key for JWTs")
+        if keys.fetching:
+            return Unauthenticated(f"{what} (issuer {self.issuer!r}) yet: the set is being fetched again from "
+                                   f"{keys.source.where}; retry in a moment")
+        age = keys.age_s()
+        read = f"read {age:.0f} s ago" if age is not None else "not read yet"
+        return Unauthenticated(f"{what} (issuer {self.issuer!r}): the set was {read} from {keys.source.where}; "
+                               f"it is read again every {keys.refresh_s:g} s, and at most every "
+                               f"{keys.min_refresh_s:g} s for a key it does not hold")
 
     def _refusal(self, token: str, error: jwt.PyJWTError) -> Unauthenticated:
         # Claims are read again only to word the message: the signature has been checked by now.

@@ -46,6 +46,25 @@ def issue(
                   f"--tls-ca {folder / 'ca.crt'} --tls-cert {made.cert} --tls-key {made.key}")
 
 
+@certs_app.command("rotate")
+@cli_errors
+def rotate(
+    folder: FolderArgument,
+    names: Annotated[list[str] | None, typer.Argument(
+        help="certificates to issue again (default: every one in FOLDER but the CA's)", show_default=False)] = None,
+    days: Annotated[int, typer.Option(min=1, help="days the new certificates are valid")] = certs.CERT_DAYS,
+) -> None:
+    """Issue certificates in FOLDER again: new keys, the same mesh CA and hosts.
+
+    Running services take the new certificates from their next connection on, without a restart.
+    """
+    table = Table("name", "serial", "expires", "hosts", title=f"rotated in {folder}")
+    for made in certs.rotate(folder, tuple(names or ()), days=days):
+        row = certs.describe(made.cert)
+        table.add_row(row["name"], row["serial"], row["expires"], row["hosts"])
+    console.print(table)
+
+
 @certs_app.command("list")
 @cli_errors
 def list_certs(folder: FolderArgument) -> None:

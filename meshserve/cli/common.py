@@ -11,11 +11,12 @@ import grpc
 import typer
 from rich.console import Console
 
-from meshserve import tls
 from meshserve.errors import MeshError, from_rpc_error
 from meshserve.grpcutil.server import channel_options
 from meshserve.local.process import ProcessFailed
 from meshserve.settings import MiB
+from meshserve.tls import MeshTls
+from meshserve.tls import channel as mesh_channel
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -95,6 +96,6 @@ def channel(target: str) -> grpc.Channel:
 
     TLS with the mesh certificate in $MESHSERVE_TLS_CA/_CERT/_KEY, when set.
     """
-    plain = tls.channel(target, options=channel_options(64 * MiB))
+    plain = mesh_channel(target, MeshTls.from_env(), options=channel_options(64 * MiB))
     key = os.environ.get(API_KEY_ENV, "").strip()
     return grpc.intercept_channel(plain, _Bearer(key)) if key else plain

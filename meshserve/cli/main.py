@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import typer
 
-from meshserve import tls
 from meshserve.cli.access import keys_app, policy_app
 from meshserve.cli.audit import audit_app
 from meshserve.cli.certs import certs_app
@@ -32,6 +31,7 @@ from meshserve.cli.routes import alias_app, route_app
 from meshserve.cli.services import PASS_THROUGH, router, runtime_app
 from meshserve.cli.top import top
 from meshserve.cli.up import up
+from meshserve.tls import MeshTls
 
 app = typer.Typer(
     name="meshserve",
@@ -46,7 +46,7 @@ app = typer.Typer(
 @cli_errors
 def _identity() -> None:
     """Commands speak TLS when $MESHSERVE_TLS_CA, _CERT and _KEY name a mesh certificate."""
-    tls.install_from_env()
+    MeshTls.from_env()  # unusable files fail here, before the command does anything
 
 
 app.command()(up)

@@ -13,8 +13,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from meshserve import tls, tracing
+from meshserve import tracing
 from meshserve.protos._pool import POOL
+from meshserve.tls import MeshTls
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +78,17 @@ class ServiceServer:
         """Serve ``service`` (its full name) with these method handlers, by method name."""
         self.server.add_registered_method_handlers(service, tracing.traced_handlers(service, handlers))
 
-    def bind(self, host: str, port: int, *, require_client_cert: bool = False) -> str:
+    def bind(self, host: str, port: int, *, mesh_tls: MeshTls | None = None, require_client_cert: bool = False) -> str:
         """Listen on host:port (port 0 picks a free one) and return the bound address.
 
-        TLS when the process has a mesh identity (:mod:`meshserve.tls`); then, with
-        ``require_client_cert``, only callers holding a mesh certificate get in.
+        TLS with ``mesh_tls`` (a new certificate in its files is served from the next
+        handshake on); then, with ``require_client_cert``, only callers holding a mesh
+        certificate get in. Plain text without it.
         """
-        credentials = tls.server_credentials(require_client_cert=require_client_cert)
-        if credentials is None:
+        if mesh_tls is None:
             bound = self.server.add_insecure_port(f"{host}:{port}")
         else:
+            credentials = mesh_tls.server_credentials(require_client_cert=require_client_cert)
             bound = self.server.add_secure_port(f"{host}:{port}", credentials)
         if bound == 0:
             raise OSError(f"cannot listen on {host}:{port}: address in use or not allowed")

@@ -8,10 +8,11 @@ from collections.abc import Mapping
 
 import grpc
 
-from meshserve import tls, tracing
+from meshserve import tracing
 from meshserve.errors import DeadlineExceeded, Internal, Unavailable, error_for
 from meshserve.link import frames
 from meshserve.link.frames import FrameReader, ProtocolError
+from meshserve.tls import MeshTls
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,16 @@ class LinkClient(frames.FramedProtocol):
         self._loop = asyncio.get_running_loop()
 
     @classmethod
-    async def connect(cls, address: str, max_message_bytes: int, connect_timeout_s: float = 2.0) -> LinkClient:
+    async def connect(cls, address: str, max_message_bytes: int, connect_timeout_s: float = 2.0, *,
+                      mesh_tls: MeshTls | None = None) -> LinkClient:
+        """Open a connection: TLS with ``mesh_tls`` (presenting its current certificate), plain text without."""
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout_s):
                 _, client = await loop.create_connection(
                     lambda: cls(address, max_message_bytes), host, int(port),
-                    ssl=tls.client_context() if tls.enabled() else None)
+                    ssl=mesh_tls.client_context() if mesh_tls is not None else None)
         except (OSError, TimeoutError) as e:
             raise Unavailable(f"cannot connect to the mesh link at {address}: {e or type(e).__name__}") from e
         return client

@@ -8,10 +8,10 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from meshserve import tls
 from meshserve.errors import MeshError
 from meshserve.link import frames
 from meshserve.link.frames import Frame, FrameReader, ProtocolError
+from meshserve.tls import MeshTls
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +111,16 @@ class LinkServer:
         await self._server.wait_closed()
 
 
-async def serve_link(host: str, port: int, handler: LinkHandler, max_message_bytes: int) -> LinkServer:
+async def serve_link(host: str, port: int, handler: LinkHandler, max_message_bytes: int, *,
+                     mesh_tls: MeshTls | None = None) -> LinkServer:
     """Listen for mesh-link connections on host:port (0 picks a free port, see ``.address``).
 
-    With a mesh identity the link is TLS and takes only callers with a mesh certificate.
+    With ``mesh_tls`` the link is TLS and takes only callers with a mesh certificate; each
+    handshake presents the certificate current then.
     """
     loop = asyncio.get_running_loop()
     max_length = max_message_bytes + frames.OVERHEAD
     connections: set[_Connection] = set()
-    server = await loop.create_server(lambda: _Connection(handler, max_length, connections), host, port,
-                                      ssl=tls.server_context(require_client_cert=True))
+    context = None if mesh_tls is None else mesh_tls.server_context(require_client_cert=True)
+    server = await loop.create_server(lambda: _Connection(handler, max_length, connections), host, port, ssl=context)
     return LinkServer(server, host, connections)

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from meshserve import pipelines, tls
+from meshserve import pipelines
 from meshserve.errors import REFUSALS, MeshError
 from meshserve.local import triton
 from meshserve.local.etcd import EtcdServer
 from meshserve.local.nats import NatsServer
 from meshserve.local.process import ManagedProcess, start_service
-from meshserve.tls import certs
+from meshserve.tls import MeshTls, certs, from_paths
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,8 @@ class LocalMesh:
         self.etcd: EtcdServer | None = None
         self.nats: NatsServer | None = None
         self.triton: triton.TritonServer | None = None
+        # This process's own identity with TLS on (it applies pipelines through the router).
+        self.mesh_tls: MeshTls | None = None
         # name -> process, in start order (etcd and NATS included, through their servers)
         self._children: dict[str, ManagedProcess] = {}
         self._stops: list[tuple[str, Callable[[], None]]] = []
@@ -220,8 +222,8 @@ class LocalMesh:
             certs.init_ca(self.tls_dir)
         for name in TLS_NAMES:
             certs.issue(self.tls_dir, name, (self.config.host, *certs.DEFAULT_HOSTS))
-        # This process calls the router and etcd too (pipelines); it does so as "operator".
-        tls.install(tls.from_paths(*self.tls_files("operator")))
+        # This process calls the router too (pipelines); it does so as "operator".
+        self.mesh_tls = from_paths(*self.tls_files("operator"))
 
     def tls_files(self, name: str) -> tuple[Path, Path, Path]:
         """(CA, certificate, key) of the mesh service ``name``."""
@@ -366,7 +368,7 @@ class LocalMesh:
             deadline = time.monotonic() + min(self.config.start_timeout_s, 15.0)
             while True:
                 try:
-                    asyncio.run(pipelines.apply(pipeline, router=self.router_address))
+                    asyncio.run(pipelines.apply(pipeline, router=self.router_address, mesh_tls=self.mesh_tls))
                     applied.append(pipeline.name)
                     break
                 except MeshError as e:
@@ -390,8 +392,6 @@ class LocalMesh:
             except Exception:  # keep stopping the others
                 log.exception("stopping %s failed", name)
         self._stops.clear()
-        if self.config.tls:
-            tls.install(None)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

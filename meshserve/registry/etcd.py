@@ -12,8 +12,8 @@ import aetcd
 import grpc
 from aetcd import rpc, watcher
 
-from meshserve import tls
 from meshserve.errors import Unavailable
+from meshserve.tls import MeshTls, aio_channel, required
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,18 +36,22 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
 
 
 class _TlsClient(aetcd.Client):  # type: ignore[misc]
-    """An aetcd client speaking TLS with the process's mesh identity.
+    """An aetcd client speaking TLS with a mesh identity.
 
     aetcd opens plain-text channels only; this swaps the channel (before any call is made
     on it) for a TLS one and rebuilds the stubs on it.
     """
+
+    def __init__(self, mesh_tls: MeshTls, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._mesh_tls = mesh_tls
 
     async def connect(self) -> None:
         if self._connected.is_set():
             return
         await super().connect()
         plain: grpc.aio.Channel = getattr(self, "channel")  # noqa: B009 - aetcd leaves it untyped
-        secure = tls.aio_channel(f"{self._host}:{self._port}", list(self._options.items()))
+        secure = aio_channel(f"{self._host}:{self._port}", self._mesh_tls, list(self._options.items()))
         self.channel = secure
         self.kvstub = rpc.KVStub(secure)
         self.clusterstub = rpc.ClusterStub(secure)
@@ -57,15 +61,19 @@ class _TlsClient(aetcd.Client):  # type: ignore[misc]
         await plain.close()
 
 
-async def connect(endpoint: str, *, wait: float = 10.0, call_timeout: float = 5.0) -> aetcd.Client:
+async def connect(endpoint: str, *, mesh_tls: MeshTls | None = None, wait: float = 10.0,
+                  call_timeout: float = 5.0) -> aetcd.Client:
     """Connect to etcd at ``endpoint``, retrying for up to ``wait`` seconds.
 
-    Raises Unavailable naming the endpoint when etcd does not answer in time, so a
-    service fails fast at start-up with a message that says what to fix.
+    An ``https://`` endpoint is reached over TLS with ``mesh_tls`` (FailedPrecondition
+    without one). Raises Unavailable naming the endpoint when etcd does not answer in
+    time, so a service fails fast at start-up with a message that says what to fix.
     """
     host, port = split_endpoint(endpoint)
-    client_class = _TlsClient if endpoint.startswith(TLS_SCHEME) else aetcd.Client
-    client = client_class(host=host, port=port, timeout=int(max(1, call_timeout)), options=dict(CHANNEL_OPTIONS))
+    settings: dict[str, Any] = {"host": host, "port": port, "timeout": int(max(1, call_timeout)),
+                                "options": dict(CHANNEL_OPTIONS)}
+    secure = endpoint.startswith(TLS_SCHEME)
+    client = _TlsClient(required(mesh_tls), **settings) if secure else aetcd.Client(**settings)
     deadline = time.monotonic() + wait
     delay = 0.05
     while True:
@@ -94,9 +102,14 @@ async def read_records(client: aetcd.Client, prefix: str, parse_key: Callable[[b
 
 
 def with_etcd(endpoint: str, work: Callable[[aetcd.Client], Awaitable[T]]) -> T:
-    """Run ``work`` with a client of the etcd at ``endpoint`` (for commands; waits 3 s for etcd)."""
+    """Run ``work`` with a client of the etcd at ``endpoint`` (for commands; waits 3 s for etcd).
+
+    Commands reach an ``https://`` etcd with the certificate in ``$MESHSERVE_TLS_CA``/``_CERT``/``_KEY``.
+    """
+    mesh_tls = MeshTls.from_env() if endpoint.startswith(TLS_SCHEME) else None
+
     async def run() -> T:
-        client = await connect(endpoint, wait=3)
+        client = await connect(endpoint, mesh_tls=mesh_tls, wait=3)
         try:
             return await work(client)
         finally:

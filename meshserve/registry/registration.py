@@ -21,6 +21,7 @@ import aetcd
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
 from meshserve.registry.etcd import connect
+from meshserve.tls import MeshTls
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,9 @@ class Presence:
     """
 
     def __init__(self, endpoint: str, name: str, records: dict[bytes, bytes] | None = None, *,
-                 ttl: int = 5) -> None:
+                 ttl: int = 5, mesh_tls: MeshTls | None = None) -> None:
         self.endpoint = endpoint
+        self._mesh_tls = mesh_tls  # for an https:// etcd
         self.name = name
         self.records = dict(records or {})
         self.ttl = ttl
@@ -49,7 +51,7 @@ class Presence:
         self._dirty = False
 
     async def start(self, *, wait: float = 10.0) -> None:
-        self._client = await connect(self.endpoint, wait=wait)
+        self._client = await connect(self.endpoint, mesh_tls=self._mesh_tls, wait=wait)
         async with self._lock:
             await self._register_all()
         self._keeper = asyncio.create_task(self._keep_alive(), name="registry-keepalive")
@@ -125,8 +127,9 @@ class Presence:
 class Registration(Presence):
     """Keeps one runtime and its placements in etcd for as long as the runtime lives."""
 
-    def __init__(self, endpoint: str, runtime: pb.Runtime, *, ttl: int = 5) -> None:
-        super().__init__(endpoint, f"runtime {runtime.id} ({runtime.kind}) at {runtime.address}", ttl=ttl)
+    def __init__(self, endpoint: str, runtime: pb.Runtime, *, ttl: int = 5, mesh_tls: MeshTls | None = None) -> None:
+        super().__init__(endpoint, f"runtime {runtime.id} ({runtime.kind}) at {runtime.address}", ttl=ttl,
+                         mesh_tls=mesh_tls)
         self.runtime = runtime
         self._placements: dict[tuple[str, str], pb.Placement] = {}
 

@@ -72,6 +72,7 @@ class RuntimeServer:
         self.loader = loader
         self.runtime_id = settings.runtime_id or default_runtime_id(kind)
         tracing.setup(settings, kind, self.runtime_id)  # before the server: its interceptors depend on it
+        self.mesh_tls = settings.mesh_tls()
         residency = Residency(int(settings.memory_budget_mb * MiB), settings.idle_unload_s)
         self.metrics = RuntimeMetrics()
         self.repository = ModelRepository(settings.model_repository, kind, loader, on_change=self._publish,
@@ -115,11 +116,12 @@ class RuntimeServer:
         to_load = self._models_to_load()
         self.metrics_server.start(self.settings.host, self.settings.metrics_port)
         await self.loader.start()
-        self.server.bind(self.settings.host, self.settings.port, require_client_cert=self.settings.require_client_cert)
+        self.server.bind(self.settings.host, self.settings.port, mesh_tls=self.mesh_tls,
+                         require_client_cert=self.settings.require_client_cert)
         await self.server.start()
         if self.settings.link_port >= 0:
             self.link = await serve_link(self.settings.host, self.settings.link_port, self.servicer.link_handler,
-                                         self.settings.max_message_bytes)
+                                         self.settings.max_message_bytes, mesh_tls=self.mesh_tls)
             self.link_address = self.link.address
         if self.register:
             await self._register()
@@ -175,7 +177,8 @@ class RuntimeServer:
             link_address=self.settings.advertised(self.link_address),
             memory_budget_bytes=self.repository.residency.budget_bytes,
         )
-        self.registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s)
+        self.registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s,
+                                         mesh_tls=self.mesh_tls)
         for entry in self.repository.entries():
             await self.registration.publish(placement(entry))
         await self.registration.start(wait=self.settings.etcd_wait_s)

@@ -3,8 +3,13 @@
 ``meshserve certs init DIR`` writes ``ca.crt`` and ``ca.key``; ``meshserve certs issue
 DIR NAME`` writes ``NAME.crt`` and ``NAME.key`` signed by that CA, valid both as a
 server and as a client (mesh services are both), for the host names and addresses
-given (loopback by default). Keys are ECDSA P-256 and are written readable by their
-owner only.
+given (loopback by default); ``meshserve certs rotate DIR [NAME ...]`` issues them again
+(a new key, the same CA and hosts). Keys are ECDSA P-256 and are written readable by
+their owner only.
+
+Every file is written whole under a temporary name, then renamed over the old one, so a
+running service that reads them again (see :class:`meshserve.tls.MeshTls`) sees the old
+file or the new one, never a part; the key goes first, then its certificate.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -42,12 +48,25 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` at once: written to a temporary file beside it, synced, then renamed."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)  # left by a process that died writing it
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
+    _write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                   serialization.NoEncryption()), 0o600)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -86,7 +105,7 @@ def init_ca(directory: Path, *, force: bool = False) -> Issued:
         .sign(key, hashes.SHA256())
     )
     _write_key(key_path, key)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return Issued(cert_path, key_path, not_after)
 
 
@@ -140,23 +159,59 @@ def issue(directory: Path, name: str, hosts: tuple[str, ...] = DEFAULT_HOSTS, *,
     )
     cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
     _write_key(key_path, key)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return Issued(cert_path, key_path, not_after)
+
+
+def _hosts(cert: x509.Certificate) -> tuple[str, ...]:
+    """The DNS names and IP addresses a certificate is for, in the order it lists them."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(str(name.value) for name in san if isinstance(name, x509.DNSName | x509.IPAddress))
+
+
+def issued_names(directory: Path) -> list[str]:
+    """The names of the service certificates in ``directory`` (every ``NAME.crt`` but the CA's)."""
+    return sorted(p.stem for p in directory.glob("*.crt") if p.stem != CA_NAME)
+
+
+def rotate(directory: Path, names: tuple[str, ...] = (), *, days: int = CERT_DAYS) -> list[Issued]:
+    """Issue ``names`` (all the folder's certificates when empty) again: new keys, the same CA and hosts.
+
+    Each certificate must have been signed by the CA in ``directory``; a name without a
+    certificate there, or one from another CA, is refused before anything is written.
+    """
+    ca_cert, _ = _load_ca(directory)
+    chosen = names or tuple(issued_names(directory))
+    if not chosen:
+        raise FailedPrecondition(f"no certificates in {directory} to rotate (issue them with `meshserve certs issue`)")
+    hosts: dict[str, tuple[str, ...]] = {}
+    for name in chosen:
+        path = directory / f"{_check_name(name)}.crt"
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except OSError:
+            raise FailedPrecondition(f"no certificate {path} to rotate (see `meshserve certs issue`)") from None
+        except ValueError as e:
+            raise FailedPrecondition(f"{path} is not a PEM certificate: {e}") from None
+        try:
+            cert.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise FailedPrecondition(f"{path} was not issued by the mesh CA in {directory}: not rotated") from None
+        hosts[name] = _hosts(cert) or DEFAULT_HOSTS
+    return [issue(directory, name, hosts[name], days=days) for name in chosen]
 
 
 def describe(path: Path) -> dict[str, str]:
     """Subject, issuer, validity and names of the certificate at ``path`` (for `meshserve certs list`)."""
     cert = x509.load_pem_x509_certificate(path.read_bytes())
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        hosts = [str(v) for v in san.get_values_for_type(x509.DNSName)] + [
-            str(v) for v in san.get_values_for_type(x509.IPAddress)]
-    except x509.ExtensionNotFound:
-        hosts = []
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return {
         "name": path.stem,
         "subject": str(cn[0].value) if cn else cert.subject.rfc4514_string(),
         "expires": cert.not_valid_after_utc.strftime("%Y-%m-%d"),
-        "hosts": ", ".join(hosts) or "-",
+        "serial": f"{cert.serial_number:x}",
+        "hosts": ", ".join(_hosts(cert)) or "-",
     }

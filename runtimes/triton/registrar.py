@@ -23,7 +23,6 @@ import aetcd
 import grpc
 from tritonclient.grpc import service_pb2
 
-from meshserve import tls
 from meshserve.grpcutil.server import channel_options
 from meshserve.lifecycle import run_until_signalled
 from meshserve.protos.inference import grpc_service_pb2 as oip
@@ -31,6 +30,7 @@ from meshserve.protos.inference.grpc_service_pb2_grpc import GRPCInferenceServic
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry.registration import Registration, now_ms
 from meshserve.settings import load_settings, setup_logging
+from meshserve.tls import aio_channel
 
 from .settings import TritonRegistrarSettings
 
@@ -72,7 +72,8 @@ class TritonRegistrar:
         self.settings = settings
         self.address = settings.triton_address
         self.runtime_id = settings.runtime_id or f"triton-{self.address.replace(':', '-')}"
-        self._channel = tls.aio_channel(self.address, channel_options(settings.max_message_bytes))
+        self.mesh_tls = settings.mesh_tls()
+        self._channel = aio_channel(self.address, self.mesh_tls, channel_options(settings.max_message_bytes))
         self._triton = GRPCInferenceServiceStub(self._channel)
         self._registration: Registration | None = None
         self._published: Snapshot = {}
@@ -177,7 +178,8 @@ class TritonRegistrar:
     async def _join(self, seen: Snapshot, version: str) -> None:
         runtime = pb.Runtime(id=self.runtime_id, kind=KIND, address=self.address, started_at_unix_ms=now_ms(),
                              version=version, labels={"server": "triton"})
-        registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s)
+        registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s,
+                                    mesh_tls=self.mesh_tls)
         for key, value in seen.items():
             await registration.publish(self._placement(key, value))
         await registration.start(wait=self.settings.etcd_wait_s)

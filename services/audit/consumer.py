@@ -13,9 +13,9 @@ import nats
 from google.protobuf.message import DecodeError
 from nats.js import api
 
-from meshserve import tls
 from meshserve.audit.stream import BATCH_SUBJECT, STREAM, SUBJECTS, ensure_stream
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
+from meshserve.tls import MeshTls, nats_options
 
 from .metrics import AuditMetrics
 from .settings import AuditSettings
@@ -49,9 +49,11 @@ class ConsumerStats:
 class Consumer:
     """Pulls call events from the audit stream into the store until stopped; rides out NATS outages."""
 
-    def __init__(self, store: Store, settings: AuditSettings, metrics: AuditMetrics | None = None) -> None:
+    def __init__(self, store: Store, settings: AuditSettings, metrics: AuditMetrics | None = None, *,
+                 mesh_tls: MeshTls | None = None) -> None:
         self.store = store
         self.settings = settings
+        self.mesh_tls = mesh_tls  # for a tls:// URL
         self.stats = ConsumerStats()
         self.metrics = metrics if metrics is not None else AuditMetrics()
         self.subscribed = asyncio.Event()
@@ -110,7 +112,7 @@ class Consumer:
                     self.settings.nats_url, name="meshserve-audit", allow_reconnect=True,
                     max_reconnect_attempts=-1, reconnect_time_wait=RETRY_S, connect_timeout=2,
                     error_cb=self._nats_error, disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
-                    **tls.nats_options(self.settings.nats_url),
+                    **nats_options(self.settings.nats_url, self.mesh_tls),
                 )
             except Exception as e:  # noqa: BLE001 - nats-py raises several types for "not reachable"
                 await self._nats_error(e)

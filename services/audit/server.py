@@ -38,6 +38,7 @@ class AuditService:
     def __init__(self, settings: AuditSettings) -> None:
         self.settings = settings
         tracing.setup(settings, "audit")  # before the server: its interceptors depend on it
+        self.mesh_tls = settings.mesh_tls()
         self.grpc = ServiceServer([AUDIT_SERVICE], max_message_bytes=settings.max_message_bytes)
         self.store: Store | None = None
         self.consumer: Consumer | None = None
@@ -46,7 +47,8 @@ class AuditService:
         self.metrics_server = MetricsServer(self.metrics.registry)
         self._database_check: asyncio.Task[None] | None = None
         # Only keys and rules are used, but the registry cache is the one tested watch-fed copy of them.
-        self.registry = RegistryCache(settings.etcd_endpoint) if settings.etcd_endpoint else None
+        self.registry = (RegistryCache(settings.etcd_endpoint, mesh_tls=self.mesh_tls)
+                         if settings.etcd_endpoint else None)
         self.access = AuditAccess(self.registry, dev_mode=settings.dev_mode, jwt=verifier_from_settings(settings))
 
     @property
@@ -66,9 +68,9 @@ class AuditService:
                         "never run the audit service with --dev-mode outside local development")
         add_service(self.grpc, audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
                     AuditServicer(self.store, self.access))
-        address = self.grpc.bind(self.settings.host, self.settings.port)
+        address = self.grpc.bind(self.settings.host, self.settings.port, mesh_tls=self.mesh_tls)
         await self.grpc.start()
-        self.consumer = Consumer(self.store, self.settings, self.metrics)
+        self.consumer = Consumer(self.store, self.settings, self.metrics, mesh_tls=self.mesh_tls)
         self.consumer.start()
         self._database_check = asyncio.create_task(self.metrics.check_database(self.store.ping), name="database-check")
         log.info("audit service on %s (database %s, NATS %s, etcd %s)", address, self.store.dialect.describe(),

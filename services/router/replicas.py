@@ -22,11 +22,12 @@ from typing import Any
 
 import grpc
 
-from meshserve import tls, tracing
+from meshserve import tracing
 from meshserve.errors import Unavailable
 from meshserve.grpcutil.server import channel_options
 from meshserve.link import LinkClient
 from meshserve.registry.cache import Replica
+from meshserve.tls import MeshTls, aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +39,22 @@ LINK_RETRY_S = 1.0
 class Connection:
     """A channel to one replica and its per-method raw callables."""
 
-    __slots__ = ("_link", "_link_lock", "_link_retry_at", "_max_message_bytes", "_stream", "_unary", "address",
-                 "channel", "ejected_until", "failures", "inflight", "link_address", "replica")
+    __slots__ = ("_link", "_link_lock", "_link_retry_at", "_max_message_bytes", "_mesh_tls", "_stream", "_unary",
+                 "address", "channel", "ejected_until", "failures", "inflight", "link_address", "replica")
 
     def __init__(self, replica: Replica, options: list[tuple[str, Any]], max_message_bytes: int,
-                 use_link: bool) -> None:
+                 use_link: bool, mesh_tls: MeshTls | None = None) -> None:
         self.replica = replica
         self.address = replica.address
         self.link_address = replica.link_address if use_link else ""
         # Traced calls (tracing on) get a client span each and carry its context to the runtime.
-        self.channel = tls.aio_channel(replica.address, options, tracing.client_interceptors(replica.address))
+        self.channel = aio_channel(replica.address, mesh_tls, options, tracing.client_interceptors(replica.address))
         self.inflight = 0
         # The breaker: consecutive UNAVAILABLE calls, and until when the replica is avoided.
         self.failures = 0
         self.ejected_until = 0.0
         self._max_message_bytes = max_message_bytes
+        self._mesh_tls = mesh_tls
         self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
         self._stream: grpc.aio.StreamStreamMultiCallable[bytes, bytes] | None = None
         self._link: LinkClient | None = None
@@ -83,7 +85,8 @@ class Connection:
                 return None
             connect_s = LINK_CONNECT_S if remaining_s is None else max(0.01, min(LINK_CONNECT_S, remaining_s))
             try:
-                self._link = await LinkClient.connect(self.link_address, self._max_message_bytes, connect_s)
+                self._link = await LinkClient.connect(self.link_address, self._max_message_bytes, connect_s,
+                                                     mesh_tls=self._mesh_tls)
             except Unavailable as e:
                 log.warning("%s; calling %s over gRPC for %.0f s", e, self.replica.runtime_id, LINK_RETRY_S)
                 self._link_retry_at = time.monotonic() + LINK_RETRY_S
@@ -116,8 +119,10 @@ class ConnectionPool:
     """
 
     def __init__(self, max_message_bytes: int, use_link: bool = True, *, eject_s: float = 2.0,
-                 breaker_failures: int = 3, clock: Callable[[], float] = time.monotonic) -> None:
+                 breaker_failures: int = 3, clock: Callable[[], float] = time.monotonic,
+                 mesh_tls: MeshTls | None = None) -> None:
         self._options = channel_options(max_message_bytes)
+        self._mesh_tls = mesh_tls  # TLS to runtimes; each new connection presents the current certificate
         self._max_message_bytes = max_message_bytes
         self._use_link = use_link
         self.eject_s = eject_s
@@ -133,7 +138,7 @@ class ConnectionPool:
             return conn
         if conn is not None:
             self._close_later(conn)
-        conn = Connection(replica, self._options, self._max_message_bytes, self._use_link)
+        conn = Connection(replica, self._options, self._max_message_bytes, self._use_link, self._mesh_tls)
         self._by_address[replica.address] = conn
         return conn
 

@@ -61,12 +61,13 @@ class Router:
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         tracing.setup(settings, "router", settings.router_id)  # before the server and channels: they depend on it
+        self.mesh_tls = settings.mesh_tls()
         self.metrics = RouterMetrics()
         self.metrics_server = MetricsServer(self.metrics.registry)
         self.pool = ConnectionPool(settings.max_message_bytes, settings.use_link, eject_s=settings.eject_s,
-                                   breaker_failures=settings.breaker_failures)
+                                   breaker_failures=settings.breaker_failures, mesh_tls=self.mesh_tls)
         self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed,
-                                   on_routers=self._routers_changed)
+                                   on_routers=self._routers_changed, mesh_tls=self.mesh_tls)
         self.presence: Presence | None = None  # this router's record in etcd, once it listens
         placer = Placer(self.cache, self.pool, load_timeout_s=settings.load_wait_s, metrics=self.metrics)
         resolver = Resolver(self.cache, placer)
@@ -76,7 +77,7 @@ class Router:
         publisher = None
         if settings.nats_url:
             spool = Spool(settings.data_dir / "audit-spool", settings.audit_spool_max_bytes)
-            publisher = EventPublisher(settings.nats_url, spool)
+            publisher = EventPublisher(settings.nats_url, spool, mesh_tls=self.mesh_tls)
         self.audit = CallAudit(publisher, self.cache.audit_policies, settings.router_id,
                                settings.audit_capture_max_bytes, settings.audit_flush_s)
         self.access = Access(self.cache.api_keys, self.cache.access_rules, lambda: self.cache.auth_revision,
@@ -135,12 +136,12 @@ class Router:
         if self.settings.dev_mode:
             log.warning("DEV MODE: callers WITHOUT A KEY may infer and read metadata of EVERY model; "
                         "never run a router with --dev-mode outside local development")
-        address = self.grpc.bind(self.settings.host, self.settings.port)
+        address = self.grpc.bind(self.settings.host, self.settings.port, mesh_tls=self.mesh_tls)
         # Registered before it serves: the others lower their shares before its calls come.
         record = registry_pb2.Router(id=self.settings.router_id, address=address, started_at_unix_ms=now_ms())
         self.presence = Presence(self.settings.etcd_endpoint, f"router {record.id} at {address}",
                                  {keys.router_key(record.id): record.SerializeToString()},
-                                 ttl=self.settings.lease_ttl_s)
+                                 ttl=self.settings.lease_ttl_s, mesh_tls=self.mesh_tls)
         await self.presence.start(wait=self.settings.etcd_wait_s)
         await self.grpc.start()
         log.info("router serving the inference protocol on %s (etcd %s)", address, self.settings.etcd_endpoint)

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aetcd
 import grpc
 import jwt
 import pytest
@@ -18,14 +17,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from e2e.helpers import EXAMPLES, IRIS_ROWS, assert_eventually, copy_model, router_process, rpc_error, runtime_process
 from jwt.algorithms import RSAAlgorithm
 
+from e2e_auth.helpers import allow, put
 from meshserve.auth import apikeys
 from meshserve.local.etcd import EtcdServer
 from meshserve.local.process import ManagedProcess
 from meshserve.oip import build_request, decode_response
 from meshserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
-from meshserve.protos.meshserve.auth.v1 import auth_pb2
 from meshserve.registry import keys
-from meshserve.registry.etcd import with_etcd
 
 ISSUER = "https://login.e2e.example"
 AUDIENCE = "meshserve-e2e"
@@ -43,17 +41,6 @@ def token(sub: str, *, key: Any = KEY, kid: str = "e2e-1", exp_in_s: int = 300, 
 
 def bearer(credential: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {credential}"),)
-
-
-def put(etcd_endpoint: str, key: bytes, record: Any) -> None:
-    async def write(client: aetcd.Client) -> None:
-        await client.put(key, record.SerializeToString())
-    with_etcd(etcd_endpoint, write)
-
-
-def allow(etcd_endpoint: str, rule_id: str, *, principal: str = "", role: str = "") -> None:
-    rule = auth_pb2.AccessRule(id=rule_id, principal=principal, role=role, models=["iris"], actions=["infer"])
-    put(etcd_endpoint, keys.access_rule_key(rule_id), rule)
 
 
 @pytest.fixture(scope="module")

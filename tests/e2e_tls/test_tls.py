@@ -22,7 +22,6 @@ import nats
 import pytest
 from e2e.helpers import EXAMPLES, IRIS_ROWS, assert_eventually, infer, router_process, rpc_error, runtime_process
 
-from meshserve import tls
 from meshserve.audit.stream import STREAM
 from meshserve.errors import MeshError, Unavailable
 from meshserve.link import MODEL_INFER, LinkClient
@@ -30,7 +29,7 @@ from meshserve.local.etcd import EtcdServer
 from meshserve.local.nats import NatsServer
 from meshserve.oip import build_request
 from meshserve.registry.etcd import connect
-from meshserve.tls import certs
+from meshserve.tls import MeshTls, certs, from_paths
 
 MESH_NAMES = ("etcd", "nats", "router", "runtime", "operator")
 
@@ -88,14 +87,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsMesh]:
                       etcd.endpoint, broker.url)
 
 
-@pytest.fixture
-def rogue_identity(mesh: TlsMesh) -> Iterator[None]:
-    """This test process holds the intruder's certificate (signed by another CA) for the test."""
-    tls.install(tls.from_paths(*_files(mesh.rogue, "intruder")))
-    yield
-    tls.install(None)
-
-
 def _iris(channel: grpc.Channel) -> None:
     out = infer(channel, "iris", IRIS_ROWS)
     assert out["label"].shape == (len(IRIS_ROWS),)
@@ -138,8 +129,8 @@ def test_runtime_serves_a_caller_with_a_mesh_certificate(mesh: TlsMesh) -> None:
         _iris(channel)
 
 
-async def _link_call(address: str) -> bytes:
-    client = await LinkClient.connect(address, 1 << 20, connect_timeout_s=3)
+async def _link_call(address: str, mesh_tls: MeshTls | None = None) -> bytes:
+    client = await LinkClient.connect(address, 1 << 20, connect_timeout_s=3, mesh_tls=mesh_tls)
     try:
         return await client.call(MODEL_INFER, build_request("iris", {"features": IRIS_ROWS}).SerializeToString(), 3)
     finally:
@@ -151,10 +142,10 @@ def test_mesh_link_refuses_plain_text(mesh: TlsMesh) -> None:
         asyncio.run(_link_call(mesh.link))
 
 
-@pytest.mark.usefixtures("rogue_identity")
 def test_mesh_link_refuses_another_cas_certificate(mesh: TlsMesh) -> None:
+    intruder = from_paths(*_files(mesh.rogue, "intruder"))  # a certificate signed by another CA
     with pytest.raises(MeshError):
-        asyncio.run(_link_call(mesh.link))
+        asyncio.run(_link_call(mesh.link, intruder))
 
 
 def test_etcd_refuses_a_client_without_a_mesh_certificate(mesh: TlsMesh) -> None:

@@ -136,7 +136,7 @@ def test_a_wrong_key_fails_the_signature(verifier: JwtVerifier) -> None:
 
 
 def test_an_unknown_kid_is_named(verifier: JwtVerifier) -> None:
-    refused(verifier, rsa_token(kid="rotated-2"), "key id 'rotated-2' is not in the router's key set", "restart")
+    refused(verifier, rsa_token(kid="rotated-2"), "key id 'rotated-2' is not in the router's key set", "read again")
     refused(verifier, rsa_token(kid="x" * 500), "is not in the router's key set")  # quoted, and cut short
     # A kid of another algorithm's key does not make the token readable with that key.
     refused(verifier, rsa_token(kid="ec-1"), "key id 'ec-1' is not in the router's key set for RS256")

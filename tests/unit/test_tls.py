@@ -82,27 +82,80 @@ def test_identity_needs_all_three_files(tmp_path: Path) -> None:
         tls.from_paths(tmp_path / "ca.crt", made.cert, None)
     with pytest.raises(FailedPrecondition, match="cannot read TLS file"):
         tls.from_paths(tmp_path / "ca.crt", made.cert, tmp_path / "missing.key")
-    identity = tls.from_paths(tmp_path / "ca.crt", made.cert, made.key)
-    assert identity is not None and identity.cert == made.cert.read_bytes()
+    mesh_tls = tls.from_paths(tmp_path / "ca.crt", made.cert, made.key)
+    assert mesh_tls is not None and mesh_tls.identity.cert == made.cert.read_bytes()
+
+
+def test_a_key_that_does_not_belong_to_the_certificate_is_refused(tmp_path: Path) -> None:
+    certs.init_ca(tmp_path)
+    router, runtime = certs.issue(tmp_path, "router"), certs.issue(tmp_path, "runtime")
+    with pytest.raises(FailedPrecondition, match="does not belong to the certificate"):
+        tls.from_paths(tmp_path / "ca.crt", router.cert, runtime.key)
+    (tmp_path / "half.crt").write_bytes(router.cert.read_bytes()[:200])
+    with pytest.raises(FailedPrecondition, match="holds no PEM certificate"):
+        tls.from_paths(tmp_path / "ca.crt", tmp_path / "half.crt", router.key)
+
+
+def test_the_command_line_identity_comes_from_the_environment(tmp_path: Path) -> None:
+    certs.init_ca(tmp_path)
+    made = certs.issue(tmp_path, "operator")
+    assert tls.MeshTls.from_env({}) is None
+    env = {"MESHSERVE_TLS_CA": str(tmp_path / "ca.crt"), "MESHSERVE_TLS_CERT": str(made.cert),
+           "MESHSERVE_TLS_KEY": str(made.key)}
+    found = tls.MeshTls.from_env(env)
+    assert found is not None and found.files == (tmp_path / "ca.crt", made.cert, made.key)
+    with pytest.raises(FailedPrecondition, match="all three"):
+        tls.MeshTls.from_env({"MESHSERVE_TLS_CA": str(tmp_path / "ca.crt")})
 
 
 def test_without_an_identity_everything_is_plain_text() -> None:
-    tls.install(None)
-    assert tls.server_credentials(require_client_cert=True) is None
-    assert tls.server_context(require_client_cert=True) is None
-    assert tls.nats_options("nats://127.0.0.1:4222") == {}
+    assert tls.nats_options("nats://127.0.0.1:4222", None) == {}
     with pytest.raises(FailedPrecondition, match="no mesh certificate"):
-        tls.client_context()
+        tls.nats_options("tls://127.0.0.1:4222", None)
+    with pytest.raises(FailedPrecondition, match="no mesh certificate"):
+        tls.required(None)
 
 
 def test_with_an_identity_servers_require_client_certificates(tmp_path: Path) -> None:
     certs.init_ca(tmp_path)
     made = certs.issue(tmp_path, "runtime")
-    tls.install(tls.from_paths(tmp_path / "ca.crt", made.cert, made.key))
-    try:
-        context = tls.server_context(require_client_cert=True)
-        assert context is not None and context.verify_mode.name == "CERT_REQUIRED"
-        assert "tls" in tls.nats_options("tls://127.0.0.1:4222")
-        assert tls.server_credentials(require_client_cert=True) is not None
-    finally:
-        tls.install(None)
+    mesh_tls = tls.from_paths(tmp_path / "ca.crt", made.cert, made.key)
+    assert mesh_tls is not None
+    context = mesh_tls.server_context(require_client_cert=True)
+    assert context.verify_mode.name == "CERT_REQUIRED"
+    assert "tls" in tls.nats_options("tls://127.0.0.1:4222", mesh_tls)
+    assert mesh_tls.server_credentials(require_client_cert=True) is not None
+
+
+def test_rotate_issues_new_keys_under_the_same_ca_for_the_same_hosts(tmp_path: Path) -> None:
+    ca = certs.init_ca(tmp_path)
+    before = {name: certs.issue(tmp_path, name, hosts) for name, hosts in
+              (("router", ("router.mesh.internal", "10.0.0.5")), ("runtime", certs.DEFAULT_HOSTS))}
+    old = {name: (made.cert.read_bytes(), made.key.read_bytes()) for name, made in before.items()}
+    rotated = certs.rotate(tmp_path)
+    assert [made.cert.stem for made in rotated] == ["router", "runtime"]
+    for name, made in before.items():
+        assert (made.cert.read_bytes(), made.key.read_bytes()) != old[name]
+        assert _cert(made.cert).serial_number != x509.load_pem_x509_certificate(old[name][0]).serial_number
+        _cert(made.cert).verify_directly_issued_by(_cert(ca.cert))
+        assert stat.S_IMODE(made.key.stat().st_mode) == 0o600
+    assert certs.describe(before["router"].cert)["hosts"] == "router.mesh.internal, 10.0.0.5"
+    assert not list(tmp_path.glob(".*.tmp"))  # written aside, then renamed
+    only = certs.rotate(tmp_path, ("runtime",))
+    assert [made.cert.stem for made in only] == ["runtime"]
+
+
+def test_rotate_refuses_what_it_cannot_reissue(tmp_path: Path) -> None:
+    certs.init_ca(tmp_path)
+    with pytest.raises(FailedPrecondition, match="no certificates"):
+        certs.rotate(tmp_path)
+    certs.issue(tmp_path, "router")
+    with pytest.raises(FailedPrecondition, match="no certificate"):
+        certs.rotate(tmp_path, ("audit",))
+    other = tmp_path / "other"
+    certs.init_ca(other)
+    (tmp_path / "stranger.crt").write_bytes(certs.issue(other, "stranger").cert.read_bytes())
+    before = (tmp_path / "router.crt").read_bytes()
+    with pytest.raises(FailedPrecondition, match="not issued by the mesh CA"):
+        certs.rotate(tmp_path)
+    assert (tmp_path / "router.crt").read_bytes() == before  # nothing written
