@@ -4,12 +4,17 @@ Domain code raises a :class:`MeshError` subclass; servicers wrap handlers with
 :func:`grpc_errors` (or call :func:`abort`) so each becomes ``context.abort`` with the
 error's status code and a message a person can act on. Clients turn an ``RpcError``
 back into the same class with :func:`from_rpc_error`.
+
+Anything else a handler raises is a bug: :func:`as_mesh_error` logs it once, with its
+traceback, under a fresh error id, and the caller gets INTERNAL naming only that id.
+:func:`too_large` words the RESOURCE_EXHAUSTED of a message over a size limit.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -100,6 +105,35 @@ class Internal(MeshError):
     code = grpc.StatusCode.INTERNAL
 
 
+def internal_error(error: BaseException, where: str) -> Internal:
+    """Log ``error`` and its traceback once under a fresh id; the Internal to answer with, naming only the id.
+
+    ``where`` names the part that failed ("the python runtime", "the router"): its log
+    holds the details. The exception's type and message never reach the caller.
+    """
+    error_id = secrets.token_hex(4)
+    log.error("internal error %s in %s: %s", error_id, where, bounded(f"{type(error).__name__}: {error}"),
+              exc_info=error)
+    return Internal(f"internal error in {where} (error id {error_id}); its log has the details")
+
+
+def as_mesh_error(error: Exception, where: str) -> MeshError:
+    """``error`` itself when it is a :class:`MeshError`; otherwise a bug, made :func:`internal_error`."""
+    if isinstance(error, MeshError):
+        return error
+    return internal_error(error, where)
+
+
+def too_large(what: str, size: int, limit: int, who: str, hint: str = "") -> ResourceExhausted:
+    """RESOURCE_EXHAUSTED for a message over a size limit, naming both sizes.
+
+    ``what`` is the message ("the answer of 'iris'"), ``who`` the holder of the limit and
+    what it does ("this runtime sends").
+    """
+    hint = hint or "send fewer rows per call, or raise max_message_bytes on the runtimes and routers"
+    return ResourceExhausted(f"{what} is {size:,} bytes; {who} at most {limit:,} (max_message_bytes): {hint}")
+
+
 _BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
     cls.code: cls
     for cls in (
@@ -136,20 +170,19 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 def grpc_errors(handler: F) -> F:
     """Turn a :class:`MeshError` raised by an async unary handler into ``context.abort``.
 
-    Anything else is a bug: it is logged with its traceback and the caller gets
-    INTERNAL with the exception's type and message, never a dump.
+    Anything else is a bug (:func:`as_mesh_error`): logged with its traceback under an
+    error id, and the caller gets INTERNAL naming the servicer's ``component`` ("the
+    router") and that id, never the exception's text.
     """
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await handler(self, request, context)
-        except MeshError as e:
-            await context.abort(e.code, e.message)
         except Exception as e:
             if isinstance(e, grpc.aio.AbortError):
                 raise
-            log.exception("unhandled error in %s", handler.__qualname__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+            error = as_mesh_error(e, getattr(self, "component", "this service"))
+            await context.abort(error.code, error.message)
 
     return wrapper  # type: ignore[return-value]

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import grpc
 
 from meshserve import tracing
-from meshserve.errors import DeadlineExceeded, Internal, Unavailable, error_for
+from meshserve.errors import DeadlineExceeded, Internal, Unavailable, error_for, too_large
 from meshserve.link import frames
 from meshserve.link.frames import FrameReader, ProtocolError
 from meshserve.tls import MeshTls
@@ -26,6 +26,7 @@ class LinkClient(frames.FramedProtocol):
 
     def __init__(self, address: str, max_message_bytes: int) -> None:
         self.address = address
+        self.max_message_bytes = max_message_bytes
         self._reader = FrameReader(max_message_bytes + frames.OVERHEAD, expect_magic=False)
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._next_id = 0
@@ -69,7 +70,10 @@ class LinkClient(frames.FramedProtocol):
             future = self._pending.pop(frame.call_id, None)
             if future is None or future.done():
                 continue  # the caller gave up already
-            if frame.kind == frames.RESPONSE:
+            if frame.too_large:  # dropped unread: only this call fails
+                future.set_exception(too_large(f"the answer of the runtime at {self.address}", frame.too_large,
+                                               self.max_message_bytes, "this router takes"))
+            elif frame.kind == frames.RESPONSE:
                 future.set_result(frame.payload)
             elif frame.kind == frames.ERROR and frame.payload:
                 code = _code(frame.payload[0])

@@ -8,6 +8,10 @@ little-endian header followed by ``length`` bytes: ``meta_length`` bytes of meta
 
 REQUEST carries a serialized request; RESPONSE the serialized response; ERROR a u8 gRPC
 status code then a UTF-8 message; CANCEL nothing (the caller gave up on that call id).
+
+A well-formed frame longer than the reader's limit does not break the connection: its
+body is read and dropped, and the reader hands on the frame's header with ``too_large``
+set, so only that call fails (RESOURCE_EXHAUSTED) and the calls beside it go on.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ class Frame:
     timeout_us: int
     metadata: bytes
     payload: bytes
+    # A frame over the reader's limit: the size of the payload that was dropped (metadata and payload are empty).
+    too_large: int = 0
 
 
 def encode(call_id: int, kind: int, payload: bytes = b"", *, method: int = 0, timeout_us: int = 0,
@@ -148,9 +154,16 @@ class FrameReader:
         self._header: tuple[int, int, int, int, int, int] | None = None
         self._chunks: list[bytes] = []
         self._missing = 0
+        self._skipping = 0  # bytes of a frame over the limit still to drop
 
     def feed(self, data: bytes) -> list[Frame]:
         frames: list[Frame] = []
+        if self._skipping:
+            dropped = min(len(data), self._skipping)
+            self._skipping -= dropped
+            data = data[dropped:]
+            if not data:
+                return frames
         if self._header is not None:
             data = self._gather(data, frames)
             if not data:
@@ -170,11 +183,19 @@ class FrameReader:
         size = HEADER.size
         while len(buf) - start >= size:
             header = HEADER.unpack_from(buf, start)
-            length, _, kind, _, meta_length, _ = header
-            if length > self.max_length or meta_length > length or kind not in KINDS:
+            length, call_id, kind, method, meta_length, timeout_us = header
+            if meta_length > length or kind not in KINDS:
                 raise ProtocolError(f"bad frame header (length {length}, kind {kind})")
             body = start + size
             end = body + length
+            if length > self.max_length:
+                frames.append(Frame(call_id, kind, method, timeout_us, b"", b"", too_large=length - meta_length))
+                if len(buf) >= end:
+                    start = end
+                    continue
+                self._skipping = end - len(buf)
+                del buf[:]
+                return frames
             if len(buf) < end:
                 if length >= self.LARGE:
                     rest = bytes(buf[body:])

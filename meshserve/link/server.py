@@ -8,14 +8,15 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from meshserve.errors import MeshError
+from meshserve.errors import as_mesh_error, too_large
 from meshserve.link import frames
 from meshserve.link.frames import Frame, FrameReader, ProtocolError
 from meshserve.tls import MeshTls
 
 log = logging.getLogger(__name__)
 
-# handler(method, request bytes, metadata) -> response bytes; raises MeshError to answer an error.
+# handler(method, request bytes, metadata) -> response bytes; raises MeshError to answer an error
+# (anything else is a bug, answered INTERNAL with an error id).
 LinkHandler = Callable[[int, bytes, dict[str, str]], Awaitable[bytes]]
 
 
@@ -24,9 +25,10 @@ def _error(call_id: int, code: grpc.StatusCode, message: str) -> bytes:
 
 
 class _Connection(frames.FramedProtocol):
-    def __init__(self, handler: LinkHandler, max_length: int, connections: set[_Connection]) -> None:
+    def __init__(self, handler: LinkHandler, max_message_bytes: int, connections: set[_Connection]) -> None:
         self._handler = handler
-        self._reader = FrameReader(max_length, expect_magic=True)
+        self._max_message_bytes = max_message_bytes
+        self._reader = FrameReader(max_message_bytes + frames.OVERHEAD, expect_magic=True)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._transport: asyncio.Transport | None = None
         self._writer: frames.FrameWriter | None = None
@@ -46,7 +48,12 @@ class _Connection(frames.FramedProtocol):
             self.abort()
             return
         for frame in received:
-            if frame.kind == frames.REQUEST:
+            if frame.too_large:
+                if frame.kind == frames.REQUEST and self._writer is not None:
+                    error = too_large("the request", frame.too_large, self._max_message_bytes, "this runtime takes",
+                                      "send fewer rows per call, or raise max_message_bytes on the runtimes")
+                    self._writer.send(_error(frame.call_id, error.code, error.message))
+            elif frame.kind == frames.REQUEST:
                 self._tasks[frame.call_id] = asyncio.get_running_loop().create_task(self._run(frame))
             elif frame.kind == frames.CANCEL:
                 task = self._tasks.pop(frame.call_id, None)
@@ -85,13 +92,11 @@ class _Connection(frames.FramedProtocol):
                     response = await self._handler(frame.method, frame.payload, metadata)
             else:
                 response = await self._handler(frame.method, frame.payload, metadata)
-        except MeshError as e:
-            return _error(call_id, e.code, e.message), b""
         except TimeoutError:
             return _error(call_id, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded in the runtime"), b""
-        except Exception as e:
-            log.exception("unhandled error in a mesh link call")
-            return _error(call_id, grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}"), b""
+        except Exception as e:  # noqa: BLE001 - the handler raises MeshErrors: anything else is a bug, logged
+            error = as_mesh_error(e, "the runtime's mesh link")
+            return _error(call_id, error.code, error.message), b""
         return frames.header(call_id, frames.RESPONSE, len(response)), response
 
 
@@ -119,8 +124,8 @@ async def serve_link(host: str, port: int, handler: LinkHandler, max_message_byt
     handshake presents the certificate current then.
     """
     loop = asyncio.get_running_loop()
-    max_length = max_message_bytes + frames.OVERHEAD
     connections: set[_Connection] = set()
     context = None if mesh_tls is None else mesh_tls.server_context(require_client_cert=True)
-    server = await loop.create_server(lambda: _Connection(handler, max_length, connections), host, port, ssl=context)
+    server = await loop.create_server(lambda: _Connection(handler, max_message_bytes, connections), host, port,
+                                      ssl=context)
     return LinkServer(server, host, connections)

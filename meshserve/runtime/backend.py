@@ -21,10 +21,17 @@ class Backend:
     ``is_async`` set has ``apredict`` awaited on the event loop instead (one that hands
     work to other processes, say). Inputs are already checked against the manifest;
     outputs are cast to its datatypes afterwards.
+
+    ``allow_nan`` and ``allow_inf`` say whether the framework takes NaN and infinite
+    values in float inputs: where it does not, the runtime refuses them with
+    INVALID_ARGUMENT before ``predict`` (an input's ``allow_nan``/``allow_inf`` in the
+    manifest decide instead, when set).
     """
 
     platform = ""
     is_async = False
+    allow_nan = True
+    allow_inf = True
 
     def predict(self, inputs: Arrays, wanted: Sequence[str]) -> Arrays:
         raise NotImplementedError

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
 from meshserve import tracing
 from meshserve.errors import MeshError
+from meshserve.ratelog import RateLimitedLog
 
 from .backend import Arrays
 from .entry import ModelEntry, State
@@ -27,6 +30,11 @@ from .repository import ModelRepository
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _INTERNAL = grpc.StatusCode.INTERNAL
+# Refusals of what a caller sent: one bounded log line each (rate-limited), never a traceback.
+_LOGGED = frozenset((grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED))
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # RepositoryIndex states, as Triton reports them.
 INDEX_STATES = {
@@ -62,6 +70,10 @@ class IndexEntry:
     reason: str
 
 
+def _as_is(result: InferResult) -> InferResult:
+    return result
+
+
 def _predict_span(entry: ModelEntry) -> tracing.Scope:
     return tracing.span(*_predict_span_args(entry.name, entry.version, entry.platform))
 
@@ -81,14 +93,27 @@ class DataPlane:
         self.pool = ThreadPoolExecutor(predict_threads, thread_name_prefix="predict")
         self.ready = False
         self.metrics = metrics if metrics is not None else repository.metrics
+        self.refusals = RateLimitedLog(log)
 
     async def infer(self, model: str, version: str, inputs: Arrays, requested: Sequence[str]) -> InferResult:
         """One inference call, counted and timed in the runtime's metrics."""
+        return await self.answer(model, version, inputs, requested, _as_is)
+
+    async def answer(self, model: str, version: str, inputs: Arrays, requested: Sequence[str],
+                     encode: Callable[[InferResult], T]) -> T:
+        """One inference call and ``encode`` of its result (the answer to send), counted and timed together.
+
+        A refusal of what the caller sent (INVALID_ARGUMENT, RESOURCE_EXHAUSTED: an answer
+        too large to send, say) gets one bounded log line, rate-limited.
+        """
         started = time.monotonic()
         try:
             result = await self._infer(model, version, inputs, requested)
+            answer = encode(result)
         except MeshError as e:
             self._failed(model, version, e.code, started)
+            if e.code in _LOGGED:
+                self.refused(model, version, e)
             raise
         except asyncio.CancelledError:  # the caller cancelled, or its deadline passed
             self._failed(model, version, _CANCELLED, started)
@@ -97,7 +122,15 @@ class DataPlane:
             self._failed(model, version, _INTERNAL, started)
             raise
         self.metrics.done(result.model, result.version, _OK, time.monotonic() - started)
-        return result
+        return answer
+
+    def refused(self, model: str, version: str, error: MeshError) -> None:
+        """Log a call refused for what the caller sent: one bounded line, rate-limited."""
+        entry = self.repository.serving(model, version)
+        if entry is not None:
+            model, version = entry.name, entry.version
+        self.refusals("refused a call to model %r version %r (%s): %s", model, version or "(latest)",
+                      error.code.name, error.message)
 
     def _failed(self, model: str, version: str, code: grpc.StatusCode, started: float) -> None:
         """Count a failed call under the version it reached, else the names this runtime knows ("" otherwise)."""
@@ -113,6 +146,8 @@ class DataPlane:
         signature, backend = entry.signature, entry.backend
         assert signature is not None and backend is not None
         signature.check_inputs(inputs)
+        if signature.valued:
+            signature.check_values(inputs, backend.allow_nan, backend.allow_inf)
         wanted = signature.check_requested(requested)
         entry.hits += 1
         entry.last_used = time.monotonic()

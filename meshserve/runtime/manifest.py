@@ -28,6 +28,7 @@ from meshserve.oip.datatypes import DATATYPES
 MANIFEST = "manifest.yaml"
 DEFAULT_RUNTIME = "python"
 SklearnMethod = Literal["predict", "predict_proba", "decision_function", "transform"]
+FLOAT_DATATYPES = ("FP16", "FP32", "FP64")
 
 
 class TensorSpec(BaseModel):
@@ -42,6 +43,30 @@ class TensorSpec(BaseModel):
         None, description="sklearn outputs: the estimator method that produces this output"
     )
     onnx_name: str | None = Field(None, description="onnx: the graph's tensor name when it differs")
+    allow_nan: bool | None = Field(
+        None, description="float inputs: whether NaN may be sent (unset: what the framework takes; sklearn: the "
+        "estimator's allow_nan tag)")
+    allow_inf: bool | None = Field(
+        None, description="float inputs: whether infinite values may be sent (unset: what the framework takes; "
+        "sklearn: never)")
+    minimum: float | None = Field(None, description="numeric inputs: the smallest value the model takes")
+    maximum: float | None = Field(None, description="numeric inputs: the largest value the model takes")
+
+    @model_validator(mode="after")
+    def _value_fields(self) -> TensorSpec:
+        if self.datatype not in FLOAT_DATATYPES and (self.allow_nan is not None or self.allow_inf is not None):
+            raise ValueError(f"allow_nan and allow_inf are for {', '.join(FLOAT_DATATYPES)} inputs, "
+                             f"not {self.datatype}")
+        if self.datatype in ("BYTES", "BOOL") and (self.minimum is not None or self.maximum is not None):
+            raise ValueError(f"minimum and maximum are for numeric inputs, not {self.datatype}")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"minimum {self.minimum:g} is above maximum {self.maximum:g}")
+        return self
+
+    @property
+    def checks_values(self) -> bool:
+        """Whether the manifest says anything about this tensor's values."""
+        return any(v is not None for v in (self.allow_nan, self.allow_inf, self.minimum, self.maximum))
 
     @field_validator("datatype")
     @classmethod
@@ -118,6 +143,9 @@ class Manifest(BaseModel):
             names = [s.name for s in specs]
             if len(set(names)) != len(names):
                 raise ValueError(f"{kind} names repeat: {names}")
+        checked = [s.name for s in self.outputs if s.checks_values]
+        if checked:
+            raise ValueError(f"allow_nan, allow_inf, minimum and maximum are for inputs; outputs {checked} set them")
         return self
 
 

@@ -81,7 +81,7 @@ class RuntimeServer:
         self.dataplane = DataPlane(self.repository, settings.predict_threads, self.metrics)
         self.metrics.watch(self.repository, self.dataplane.pool, loader)
         self.metrics_server = MetricsServer(self.metrics.registry)
-        self.servicer = InferenceServicer(self.dataplane, kind)
+        self.servicer = InferenceServicer(self.dataplane, kind, settings.max_message_bytes)
         self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes)
         add_service(self.server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self.servicer,
                     raw=RAW_REQUEST_METHODS)

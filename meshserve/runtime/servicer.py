@@ -3,27 +3,36 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 
 import meshserve
 from meshserve import tracing
-from meshserve.errors import InvalidArgument, MeshError, Unimplemented, grpc_errors
+from meshserve.errors import (
+    InvalidArgument,
+    MeshError,
+    Unimplemented,
+    as_mesh_error,
+    grpc_errors,
+    internal_error,
+    too_large,
+)
 from meshserve.link import MODEL_INFER
 from meshserve.link.client import LINK_SYSTEM, SPAN_NAMES
 from meshserve.oip.codec import decode_inputs, encode_response
 from meshserve.oip.repository import artifact_parameters, version_parameter
 from meshserve.protos.inference import grpc_service_pb2 as pb
 
-from .dataplane import DataPlane
+from .dataplane import DataPlane, InferResult
 from .manifest import TensorSpec
 
 log = logging.getLogger(__name__)
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+T = TypeVar("T")
 EXTENSIONS = ["model_repository", "model_stream"]
 
 
@@ -44,33 +53,72 @@ RAW_REQUEST_METHODS = ("ModelInfer", "ModelStreamInfer")
 
 
 class InferenceServicer:
-    """inference.GRPCInferenceService over a :class:`DataPlane`."""
+    """inference.GRPCInferenceService over a :class:`DataPlane`.
 
-    def __init__(self, dataplane: DataPlane, kind: str) -> None:
+    No answer larger than ``max_message_bytes`` leaves: it is RESOURCE_EXHAUSTED instead,
+    naming its size and the limit (gRPC would refuse it with a message of its own, and a
+    router's link would take it for a broken peer).
+    """
+
+    def __init__(self, dataplane: DataPlane, kind: str, max_message_bytes: int) -> None:
         self.dataplane = dataplane
         self.server_name = f"meshserve-{kind}"
+        self.component = f"the {kind} runtime"  # who failed, in internal errors
+        self.max_message_bytes = max_message_bytes
 
-    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def infer(self, data: bytes, wire: Callable[[pb.ModelInferResponse], T]) -> T:
+        """One ModelInfer: the request's bytes in, ``wire`` of the response out (what is sent).
+
+        Encoding the answer is part of the call the runtime's metrics count, its size
+        check included.
+        """
+        request = _parse_infer_request(data)
         requested = [o.name for o in request.outputs]
-        result = await self.dataplane.infer(
-            request.model_name, request.model_version, decode_inputs(request), requested
-        )
-        return encode_response(
-            result.outputs, model_name=result.model, model_version=result.version, request_id=request.id,
-            requested=requested, datatypes=result.datatypes,
-        )
+
+        def answer(result: InferResult) -> T:
+            return wire(encode_response(
+                result.outputs, model_name=result.model, model_version=result.version, request_id=request.id,
+                requested=requested, datatypes=result.datatypes,
+            ))
+
+        return await self.dataplane.answer(request.model_name, request.model_version, decode_inputs(request),
+                                           requested, answer)
+
+    def _check_size(self, response: pb.ModelInferResponse, size: int) -> None:
+        if size > self.max_message_bytes:
+            raise too_large(f"the answer of model {response.model_name!r} version {response.model_version!r}",
+                            size, self.max_message_bytes, "this runtime sends")
+
+    def _sized(self, response: pb.ModelInferResponse) -> pb.ModelInferResponse:
+        self._check_size(response, response.ByteSize())
+        return response
+
+    def _serialized(self, response: pb.ModelInferResponse) -> bytes:
+        data: bytes = response.SerializeToString()
+        self._check_size(response, len(data))
+        return data
+
+    def _streamed(self, response: pb.ModelInferResponse) -> pb.ModelStreamInferResponse:
+        streamed = pb.ModelStreamInferResponse(infer_response=response)
+        self._check_size(response, streamed.ByteSize())
+        return streamed
 
     async def link_handler(self, method: int, payload: bytes, metadata: dict[str, str]) -> bytes:
         """Calls arriving over the mesh link: the same ModelInfer, framed instead of gRPC.
 
         With tracing on, each gets a server span continuing the trace in its metadata.
         """
-        if method != MODEL_INFER:
-            raise Unimplemented(f"mesh link method {method} is not served by this runtime")
-        if tracing.active:
-            with tracing.server_span(SPAN_NAMES[method], metadata.items(), LINK_SYSTEM):
-                return (await self.infer(_parse_infer_request(payload))).SerializeToString()
-        return (await self.infer(_parse_infer_request(payload))).SerializeToString()
+        try:
+            if method != MODEL_INFER:
+                raise Unimplemented(f"mesh link method {method} is not served by this runtime")
+            if tracing.active:
+                with tracing.server_span(SPAN_NAMES[method], metadata.items(), LINK_SYSTEM):
+                    return await self.infer(payload, self._serialized)
+            return await self.infer(payload, self._serialized)
+        except MeshError:
+            raise
+        except Exception as e:  # a bug: the caller gets an error id, the log the traceback
+            raise internal_error(e, self.component) from e
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -99,21 +147,18 @@ class InferenceServicer:
 
     @grpc_errors
     async def ModelInfer(self, request: bytes, context: Context) -> pb.ModelInferResponse:
-        return await self.infer(_parse_infer_request(request))
+        return await self.infer(request, self._sized)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         async for data in request_iterator:
             try:
-                response = await self.infer(_parse_infer_request(data))
-            except MeshError as e:
-                yield pb.ModelStreamInferResponse(error_message=e.message)
-            except Exception as e:  # one bad request must not end the stream
-                log.exception("unhandled error in ModelStreamInfer")
-                yield pb.ModelStreamInferResponse(error_message=f"internal error: {type(e).__name__}: {e}")
+                answer = await self.infer(data, self._streamed)
+            except Exception as e:  # noqa: BLE001 - one bad request gets an error response: the stream goes on
+                yield pb.ModelStreamInferResponse(error_message=as_mesh_error(e, self.component).message)
             else:
-                yield pb.ModelStreamInferResponse(infer_response=response)
+                yield answer
 
     @grpc_errors
     async def RepositoryIndex(

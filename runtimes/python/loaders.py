@@ -16,18 +16,40 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from meshserve.errors import FailedPrecondition, InvalidArgument
 from meshserve.runtime import Arrays, Backend, Manifest
 
 from .model import Model
 
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
+# scikit-learn's words when its input validation refuses values (check_array's NaN and infinity checks).
+SKLEARN_REFUSED_VALUES = ("contains NaN", "contains infinity", "value too large for dtype")
+
+
+def _takes_nan(estimator: Any) -> bool:
+    """Whether the estimator takes NaN (as a missing value), by its scikit-learn tags."""
+    try:
+        from sklearn.utils import get_tags
+
+        return bool(get_tags(estimator).input_tags.allow_nan)
+    except Exception:  # noqa: BLE001 - older scikit-learn, or not an estimator: let it check its input itself
+        return True
 
 
 class SklearnBackend(Backend):
+    """A scikit-learn estimator: NaN only where its tags say it takes them, infinity never.
+
+    Values scikit-learn's own checks refuse (a float32 that overflows in a scaler, say)
+    are INVALID_ARGUMENT with its words, never an internal error.
+    """
+
     platform = "sklearn"
+    allow_inf = False
 
     def __init__(self, estimator: Any, manifest: Manifest) -> None:
+        self.allow_nan = _takes_nan(estimator)
         self.input = manifest.inputs[0].name
         self.methods: dict[str, Callable[[Any], Any]] = {}
         for out in manifest.outputs:
@@ -47,9 +69,30 @@ class SklearnBackend(Backend):
         for name in wanted:
             method = self.methods[name]
             if method not in results:
-                results[method] = method(x)
+                results[method] = self._call(method, x, name)
             out[name] = results[method]
         return out
+
+    @staticmethod
+    def _call(method: Callable[[Any], Any], x: Any, output: str) -> Any:
+        """``method(x)``; values the estimator cannot take are InvalidArgument, whether it says so or not."""
+        try:
+            result = method(x)
+        except ValueError as e:
+            text = str(e)
+            if not any(words in text for words in SKLEARN_REFUSED_VALUES):
+                raise
+            hint = "send finite values small enough for the model's arithmetic to stay finite" \
+                if "too large" in text else "replace NaN and infinite values before calling"
+            raise InvalidArgument(f"scikit-learn cannot take these values: {text.splitlines()[0]} ({hint})") from e
+        # Finite inputs that give NaN or infinity overflowed on the way (3e38 through a float32
+        # scaler, say) and scikit-learn did not notice: a wrong answer, refused as the input's.
+        if isinstance(result, np.ndarray) and result.dtype.kind == "f" and not np.isfinite(result).all() \
+                and isinstance(x, np.ndarray) and x.dtype.kind == "f" and np.isfinite(x).all():
+            raise InvalidArgument(
+                f"scikit-learn's {output!r} for these values holds NaN or infinity: they overflow the model's "
+                "arithmetic (send finite values small enough for it to stay finite)")
+        return result
 
 
 class OnnxBackend(Backend):

@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from meshserve.errors import MeshError, grpc_errors
+from meshserve.errors import as_mesh_error, grpc_errors
 from meshserve.protos.meshserve.audit.v1 import audit_pb2, audit_pb2_grpc
 
 from .access import AuditAccess, Reader
@@ -38,6 +38,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
         self.store = store
         self.access = access
         self.poll_s = poll_s
+        self.component = "the audit service"  # who failed, in internal errors
 
     async def Query(
         self, request: audit_pb2.QueryRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -53,8 +54,9 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
                 return
             async for response in self._follow(authorize, flt, after, limit, resume=bool(request.page_token)):
                 yield response
-        except MeshError as e:
-            await context.abort(e.code, e.message)
+        except Exception as caught:  # noqa: BLE001 - a MeshError, or a bug logged under an error id
+            error = as_mesh_error(caught, self.component)
+            await context.abort(error.code, error.message)
 
     async def _readable(self, reader: Reader, flt: Filter, after: int, limit: int, *, upto: int | None = None,
                         newest: bool = False) -> list[StoredRecord]:

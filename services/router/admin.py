@@ -29,6 +29,7 @@ from meshserve.errors import (
     Unauthenticated,
     Unavailable,
     grpc_errors,
+    internal_error,
 )
 from meshserve.names import check_model_name
 from meshserve.protos.inference import grpc_service_pb2 as oip
@@ -64,6 +65,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self.audit = audit
         self.resolver = resolver
         self.pool = pool
+        self.component = "the router"  # who failed, in internal errors
         if access.dev_mode:
             log.warning("DEV MODE: callers WITHOUT A KEY may also change routes, aliases and pipelines")
 
@@ -185,9 +187,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         except asyncio.CancelledError:
             code, message = grpc.StatusCode.CANCELLED, "the caller went away"
             raise
-        except Exception as e:
-            code, message = grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
-            raise
+        except Exception as e:  # a bug: audited and answered with an error id, the details in the log
+            internal = internal_error(e, self.component)
+            code, message = internal.code, internal.message
+            raise internal from e
         finally:
             self.audit.record(call, b"", None, code, message, context.peer(), forwarded_metadata(context))
 

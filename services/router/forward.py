@@ -7,6 +7,7 @@ import base64
 import contextlib
 import functools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -17,7 +18,7 @@ from grpc.aio import ServicerContext as Context
 from meshserve import tracing
 from meshserve.auth.access import Access
 from meshserve.auth.limits import RateLimiter, check_request
-from meshserve.errors import REFUSALS, MeshError, error_for
+from meshserve.errors import REFUSALS, MeshError, as_mesh_error, error_for, too_large
 from meshserve.protos.inference import grpc_service_pb2 as oip
 
 from .audit import Call, CallAudit, Metadata
@@ -35,6 +36,8 @@ _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _OK = grpc.StatusCode.OK
 _CANCELLED = grpc.StatusCode.CANCELLED
 _UNKNOWN = grpc.StatusCode.UNKNOWN
+_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+ROUTER = "the router"  # who failed, in internal errors
 _STREAM = "ModelStreamInfer"
 STREAM_BUFFER = 64
 # Shadow calls run in the background, each with this deadline, at most this many at once.
@@ -61,12 +64,36 @@ def link_metadata(metadata: Metadata) -> dict[str, str]:
     return {k: v if isinstance(v, str) else base64.b64encode(v).decode() for k, v in metadata}
 
 
+# gRPC's own words for a message over a size limit, on the side ("CLIENT", "SERVER") that refused it.
+_GRPC_SIZE = re.compile(r"(CLIENT|SERVER): (Received|Sent) message larger than max \((\d+) vs\. (\d+)\)")
+
+
+def size_details(details: str, answer: str, runtime: str) -> str:
+    """gRPC's RESOURCE_EXHAUSTED for a message over a size limit, in meshserve's words (else ``details``).
+
+    ``answer`` names what the runtime answered ("the answer of model 'iris'").
+    """
+    found = _GRPC_SIZE.search(details)
+    if found is None:
+        return details
+    side, direction, size, limit = found.group(1), found.group(2), int(found.group(3)), int(found.group(4))
+    hint = "send fewer rows per call, or raise the runtime's largest message size"
+    if side == "CLIENT":  # the router's own channel refused it
+        error = too_large(f"{answer} from {runtime}", size, limit, "this router takes") if direction == "Received" \
+            else too_large("the request", size, limit, "this router sends")
+    elif direction == "Received":
+        error = too_large("the request", size, limit, f"{runtime} takes", hint)
+    else:
+        error = too_large(answer, size, limit, f"{runtime} sends", hint)
+    return error.message
+
+
 class Forwarder:
     """Routes each call by the model name and version inside its bytes."""
 
     def __init__(self, resolver: Resolver, pool: ConnectionPool, audit: CallAudit, access: Access,
                  rates: RateLimiter, *, max_attempts: int = 3, retry_min_s: float = 0.01,
-                 metrics: RouterMetrics | None = None) -> None:
+                 metrics: RouterMetrics | None = None, max_message_bytes: int = 64 * 1024 * 1024) -> None:
         self.resolver = resolver
         self.pool = pool
         self.metrics = metrics if metrics is not None else RouterMetrics()
@@ -78,6 +105,8 @@ class Forwarder:
         self._shadows: set[asyncio.Task[None]] = set()
         self.access = access
         self.rates = rates
+        # The largest answer this router's gRPC server sends (its max_message_bytes).
+        self.max_message_bytes = max_message_bytes
 
     def unary(self, method: str, name_field: int = 1, version_field: int = 2, link_method: int = 0,
               audited: bool = False, mirrored: bool = False,
@@ -95,6 +124,11 @@ class Forwarder:
         mirror = functools.partial(self._mirror, forward, version_field)
         metrics = self.metrics
         done = metrics.done
+        limit = self.max_message_bytes
+
+        def check_size(call: Call, response: bytes) -> None:
+            if len(response) > limit:  # gRPC would fail the call after it was audited as answered
+                raise too_large(f"the answer of model {call.model!r}", len(response), limit, "this router sends")
 
         async def handler(request: bytes, context: Context) -> bytes:
             call = Call(method)
@@ -104,11 +138,13 @@ class Forwarder:
             try:
                 call.principal = authenticate(context.invocation_metadata() or ())
                 response = await forward(call, request, context.time_remaining, metadata)
+                check_size(call, response)
                 if shadows is not None and (versions := shadows(call.model)):
                     mirror(versions, request, context.peer(), metadata)
                 code = _OK
                 return response
-            except MeshError as e:
+            except Exception as caught:  # noqa: BLE001 - a MeshError, or a bug logged under an error id
+                e = as_mesh_error(caught, ROUTER)
                 code = e.code
                 if e.code in REFUSALS:
                     audit.record(call, request, None, e.code, e.message, context.peer(), metadata)
@@ -129,6 +165,7 @@ class Forwarder:
             try:
                 call.principal = authenticate(context.invocation_metadata() or ())
                 response = await forward(call, request, context.time_remaining, metadata)
+                check_size(call, response)
                 if shadows is not None and (versions := shadows(call.model)):
                     mirror(versions, request, context.peer(), metadata)
                 if audit.strict(call.model):
@@ -137,7 +174,8 @@ class Forwarder:
                     audit.record(call, request, response, _OK, "", context.peer(), metadata)
                 code = _OK
                 return response
-            except MeshError as e:
+            except Exception as caught:  # noqa: BLE001 - a MeshError, or a bug logged under an error id
+                e = as_mesh_error(caught, ROUTER)
                 code = e.code
                 audit.record(call, request, None, e.code, e.message, context.peer(), metadata)
                 await context.abort(e.code, e.message)
@@ -246,6 +284,8 @@ class Forwarder:
                     code, details = e.code, e.message
                 except grpc.aio.AioRpcError as e:
                     code, details = e.code(), e.details() or e.code().name
+                    if code is _RESOURCE_EXHAUSTED:
+                        details = size_details(details, f"the answer of model {name!r}", conn.replica.runtime_id)
                 else:
                     if conn.failures:
                         succeeded(conn)
@@ -284,7 +324,7 @@ class Forwarder:
         request gives one event per response).
         """
         # Bounded: a slow reader holds back the runtimes instead of filling the router's memory.
-        out: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=STREAM_BUFFER)
+        out: asyncio.Queue[bytes | MeshError | None] = asyncio.Queue(maxsize=STREAM_BUFFER)
         upstreams: dict[str, grpc.aio.StreamStreamCall[bytes, bytes]] = {}
         awaiting: dict[str, Awaiting] = {}
         pumps: list[asyncio.Task[None]] = []
@@ -332,9 +372,12 @@ class Forwarder:
                     if not entry.answers:
                         audited(entry.call, entry.request, None, _OK, "the model sent no response")
             except grpc.aio.AioRpcError as e:
+                code, details = e.code(), e.details() or e.code().name
+                if code is _RESOURCE_EXHAUSTED:
+                    details = size_details(details, "an answer in this stream", conn.replica.runtime_id)
                 for entry in pending.drain():
-                    audited(entry.call, entry.request, None, e.code(), e.details() or e.code().name)
-                await out.put(e)
+                    audited(entry.call, entry.request, None, code, details)
+                await out.put(error_for(code, details))
             finally:
                 conn.inflight -= 1
 
@@ -382,11 +425,16 @@ class Forwarder:
         self.metrics.inflight += 1  # an open stream is one call held open
         try:
             while (item := await out.get()) is not None:
-                if isinstance(item, grpc.aio.AioRpcError):
-                    await context.abort(item.code(), item.details() or item.code().name)
+                if isinstance(item, MeshError):
+                    await context.abort(item.code, item.message)
                 assert isinstance(item, bytes)
                 yield item
             await reader
+        except Exception as caught:
+            if isinstance(caught, grpc.aio.AbortError):
+                raise
+            error = as_mesh_error(caught, ROUTER)
+            await context.abort(error.code, error.message)
         finally:
             self.metrics.inflight -= 1
             reader.cancel()

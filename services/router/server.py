@@ -86,7 +86,7 @@ class Router:
             calls_per_second=settings.rate_limit_per_s, burst=settings.rate_limit_burst))
         self.forwarder = Forwarder(resolver, self.pool, self.audit, self.access, self.rates,
                                    max_attempts=settings.max_attempts, retry_min_s=settings.retry_min_s,
-                                   metrics=self.metrics)
+                                   metrics=self.metrics, max_message_bytes=settings.max_message_bytes)
         self.metrics.watch(self.cache, self.pool, placer, self.scaler, publisher, self.rates)
         mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s, self.access, self.audit)
         self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)

@@ -57,6 +57,7 @@ class MeshServicer:
         self.load_wait_s = load_wait_s
         self.access = access
         self.audit = audit
+        self.component = "the router"  # who failed, in internal errors
 
     def _allow(self, context: Context, method: str, model: str, action: str) -> Principal:
         """The caller, if it may ``action`` on ``model``; else the refusal, audited."""

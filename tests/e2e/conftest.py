@@ -3,8 +3,9 @@
 One mesh serves the whole ``tests/e2e`` package (package scope: starting the Python
 runtime takes about 5 s on this machine, so one per module would cost most of the
 time budget). Its repository holds a copy of the example ``iris`` plus two Python-class
-models used by the deadline tests. Tests that kill or restart a part start their own
-processes (see ``helpers.runtime_process`` and ``helpers.router_process``).
+models used by the deadline tests and one whose predict fails (``faulty``). Tests that
+kill or restart a part start their own processes (see ``helpers.runtime_process`` and
+``helpers.router_process``).
 
 Calls that the router may forward over more than one transport (the mesh link, or plain
 gRPC) are checked through both: ``any_router`` is the mesh's own router (default
@@ -27,7 +28,7 @@ import skops.io as sio
 
 from meshserve.local.mesh import LocalMesh, MeshConfig
 
-from .helpers import EXAMPLES, IRIS_SKOPS, ROOT, allow_anonymous, copy_model, router_process, write_python_model
+from .helpers import EXAMPLES, FAULT, IRIS_SKOPS, ROOT, allow_anonymous, copy_model, router_process, write_python_model
 
 SLEEPY = textwrap.dedent('''
     import time
@@ -63,6 +64,17 @@ NAPPER = textwrap.dedent('''
             return {"y": inputs["x"]}
 ''')
 
+FAULTY = textwrap.dedent(f'''
+    from meshserve.runtimes.python import Model
+
+
+    class Faulty(Model):
+        """Fails every call with an exception no model means to raise."""
+
+        def predict(self, inputs):
+            raise RuntimeError({FAULT!r})
+''')
+
 
 @pytest.fixture(scope="session")
 def iris_sklearn() -> Any:
@@ -86,12 +98,13 @@ def mesh_repository(tmp_path_factory: pytest.TempPathFactory, iris_sklearn: Any,
     shutil.copytree(twins / "1", twins / "2")
     write_python_model(repository, "sleepy", SLEEPY, "Sleepy")
     write_python_model(repository, "napper", NAPPER, "Napper", {"marker_dir": str(napper_markers)})
+    write_python_model(repository, "faulty", FAULTY, "Faulty")
     return repository
 
 
 @pytest.fixture(scope="package")
 def mesh(mesh_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
-    """etcd, the router and the Python runtime (iris, sleepy, napper) on loopback."""
+    """etcd, the router and the Python runtime (iris, sleepy, napper, faulty) on loopback."""
     config = MeshConfig(model_repository=mesh_repository, router_port=0, etcd_port=0, nats_port=0, audit_port=0,
                         r_runtime=False,
                         data_dir=tmp_path_factory.mktemp("mesh"), start_timeout_s=60)

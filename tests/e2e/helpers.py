@@ -34,6 +34,9 @@ IRIS_ROWS = np.array(
     [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5], [6.0, 2.7, 5.1, 1.6]], dtype=np.float32
 )
 
+# What the ``faulty`` model of the e2e mesh raises in predict: it must reach the runtime's log, never a caller.
+FAULT = "the faulty model's secret words 7f3a"
+
 
 def assert_eventually(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
                       retry_on: tuple[type[BaseException], ...] = (AssertionError,)) -> T:

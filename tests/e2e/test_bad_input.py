@@ -4,6 +4,7 @@ test_tritonclient.py::test_unload_and_load_through_the_router.)"""
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from meshserve.oip import build_request, decode_response
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
 
-from .helpers import IRIS_ROWS, infer, model_infer, router_process, rpc_error
+from .helpers import FAULT, IRIS_ROWS, assert_eventually, infer, model_infer, router_process, rpc_error
 
 MiB = 1024 * 1024
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -215,3 +216,83 @@ def test_message_over_the_size_limit(small_router: grpc.Channel, router: grpc.Ch
     assert ok["label"].shape == (MiB // 32,)
     for channel in (small_router, router):
         assert infer(channel, "iris", IRIS_ROWS)["label"].shape == (len(IRIS_ROWS),)
+
+
+def with_value(value: float) -> np.ndarray:
+    """IRIS_ROWS with ``value`` in row 1, column 2."""
+    x = IRIS_ROWS.copy()
+    x[1, 2] = value
+    return x
+
+
+# Values iris cannot take: (id, value, words the message must contain). The runtime refuses
+# them before predict: NaN and infinity because scikit-learn never takes infinity and this
+# estimator's tags say it takes no NaN; 3e38 (finite, but it overflows float32 in the model's
+# scaler) because the manifest says the features lie in [0, 1000].
+VALUES = [
+    ("NaN", np.nan, ["input 'features'", "NaN", "[1, 2]", "finite numbers only"]),
+    ("infinity", np.inf, ["input 'features'", "infinite value", "[1, 2]"]),
+    ("-infinity", -np.inf, ["input 'features'", "infinite value", "[1, 2]"]),
+    ("3e38", 3e38, ["input 'features'", "3e+38", "[1, 2]", "outside [0, 1000]"]),
+    ("-3e38", -3e38, ["input 'features'", "-3e+38", "[1, 2]", "outside [0, 1000]"]),
+]
+
+
+def runtime_log_since(mesh: LocalMesh, offset: int) -> str:
+    with (mesh.log_dir / "runtime.log").open("rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
+
+
+@pytest.mark.usefixtures("still_serving")
+@pytest.mark.parametrize(("value", "words"), [v[1:] for v in VALUES], ids=[v[0] for v in VALUES])
+def test_values_the_model_cannot_take(any_router: grpc.Channel, mesh: LocalMesh, value: float,
+                                      words: list[str]) -> None:
+    offset = (mesh.log_dir / "runtime.log").stat().st_size
+    error = rpc_error(lambda: infer(any_router, "iris", with_value(value)))
+    check(error, INVALID, words)
+    assert "Traceback" not in error.details() and "ValueError" not in error.details()
+    assert len(error.details()) < 400, error.details()
+
+    def one_bounded_line() -> str:
+        lines = [line for line in runtime_log_since(mesh, offset).splitlines()
+                 if "refused a call to model 'iris'" in line]
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    line = assert_eventually(one_bounded_line, timeout=5)
+    assert "INVALID_ARGUMENT" in line and len(line) < 1500
+    assert "Traceback" not in runtime_log_since(mesh, offset)
+
+
+@pytest.mark.usefixtures("still_serving")
+def test_values_the_model_cannot_take_in_a_stream(any_router: grpc.Channel) -> None:
+    stub = oip_grpc.GRPCInferenceServiceStub(any_router)
+    requests = [build_request("iris", {"features": with_value(np.nan)}, request_id="nan"),
+                build_request("iris", {"features": IRIS_ROWS}, request_id="good")]
+    responses = list(stub.ModelStreamInfer(iter(requests), timeout=10))
+    assert len(responses) == 2
+    errors = [r.error_message for r in responses if r.error_message]
+    assert len(errors) == 1 and "NaN" in errors[0] and "'features'" in errors[0], errors
+    assert [r.infer_response.id for r in responses if not r.error_message] == ["good"]
+
+
+@pytest.mark.usefixtures("still_serving")
+def test_an_unexpected_error_in_a_model_is_internal_with_an_error_id(any_router: grpc.Channel,
+                                                                      mesh: LocalMesh) -> None:
+    offset = (mesh.log_dir / "runtime.log").stat().st_size
+    stub = oip_grpc.GRPCInferenceServiceStub(any_router)
+    error = rpc_error(lambda: stub.ModelInfer(build_request("faulty", {"x": np.ones(3, np.float32)}), timeout=10))
+    assert error.code() == grpc.StatusCode.INTERNAL, error
+    found = re.fullmatch(r"internal error in the python runtime \(error id ([0-9a-f]{8})\); its log has the details",
+                         error.details())
+    assert found, error.details()
+    assert FAULT not in error.details() and "RuntimeError" not in error.details()
+
+    def logged_once_with_its_traceback() -> None:
+        log = runtime_log_since(mesh, offset)
+        assert log.count(found.group(1)) == 1, log
+        after = log[log.index(found.group(1)):]
+        assert "Traceback (most recent call last)" in after and f"RuntimeError: {FAULT}" in after, after
+
+    assert_eventually(logged_once_with_its_traceback, timeout=5)

@@ -40,3 +40,12 @@ def test_unseen_factor_level(router: grpc.Channel, r_runtime: str) -> None:
     details = invalid(router, "mtcars-cyl", {"wt": np.array([2.62]), "cyl": np.array([b"5"], dtype=object)})
     assert "column 'cyl'" in details and "'5'" in details and "never saw" in details, details
     assert "'4', '6', '8'" in details, details  # the levels it knows
+
+
+def test_infinity_randomforest_refuses(router: grpc.Channel, r_runtime: str) -> None:
+    rows = {"sepal_length": np.array([5.1, 6.7]), "sepal_width": np.array([3.5, np.inf]),
+            "petal_length": np.array([1.4, 5.2]), "petal_width": np.array([0.2, 2.3])}
+    details = invalid(router, "iris-rf", rows)
+    assert "NA/NaN/Inf" in details and "Traceback" not in details, details
+    rows["sepal_width"][1] = 3.0
+    assert list(infer(router, "iris-rf", rows)["species"]) == [b"setosa", b"virginica"]

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from meshserve.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from meshserve.errors import DeadlineExceeded, Internal, InvalidArgument, ResourceExhausted, Unavailable
 from meshserve.link import LinkClient, LinkServer, serve_link
 
 MiB = 1024 * 1024
@@ -61,9 +61,54 @@ async def test_errors_keep_their_status_and_message(link: tuple[Backend, LinkCli
     _, client, _ = link
     with pytest.raises(InvalidArgument, match="wrong shape"):
         await client.call(1, b"fail")
-    with pytest.raises(Exception, match="internal error: RuntimeError: boom"):
+    with pytest.raises(Internal, match=r"internal error in the runtime's mesh link \(error id [0-9a-f]{8}\)") as crash:
         await client.call(1, b"crash")
+    assert "boom" not in crash.value.message and "RuntimeError" not in crash.value.message  # those are in the log
     assert await client.call(1, b"ok") == b"ko"  # the connection survives both
+
+
+async def test_an_answer_over_the_callers_limit_fails_alone() -> None:
+    # A runtime allowing larger messages than its router: the router drops that answer unread
+    # (RESOURCE_EXHAUSTED naming both sizes); the connection and the calls beside it go on.
+    async def handle(method: int, payload: bytes, metadata: dict[str, str]) -> bytes:
+        if payload.startswith(b"big"):
+            await asyncio.sleep(0.05)
+            return b"x" * (2 * MiB)
+        await asyncio.sleep(0.1)
+        return payload[::-1]
+
+    server = await serve_link("127.0.0.1", 0, handle, 8 * MiB)
+    client = await LinkClient.connect(server.address, MiB)
+    try:
+        big, *small = await asyncio.gather(client.call(1, b"big"), *(client.call(1, b"s%d" % i) for i in range(20)),
+                                           return_exceptions=True)
+        assert isinstance(big, ResourceExhausted), big
+        assert f"{2 * MiB:,} bytes" in big.message and f"at most {MiB:,}" in big.message, big.message
+        assert small == [(b"s%d" % i)[::-1] for i in range(20)]
+        assert not client.closed and await client.call(1, b"after") == b"retfa"
+    finally:
+        client.close()
+        await server.close()
+
+
+async def test_a_request_over_the_runtimes_limit_fails_alone() -> None:
+    seen: list[int] = []
+
+    async def handle(method: int, payload: bytes, metadata: dict[str, str]) -> bytes:
+        seen.append(len(payload))
+        return payload[:2]
+
+    server = await serve_link("127.0.0.1", 0, handle, MiB)
+    client = await LinkClient.connect(server.address, 8 * MiB)
+    try:
+        with pytest.raises(ResourceExhausted, match=rf"the request is {2 * MiB:,} bytes; this runtime takes at most "
+                                                    rf"{MiB:,} \(max_message_bytes\)"):
+            await client.call(1, b"y" * (2 * MiB))
+        assert seen == []  # the handler never saw it
+        assert await client.call(1, b"ok") == b"ok"
+    finally:
+        client.close()
+        await server.close()
 
 
 async def test_metadata_reaches_the_handler(link: tuple[Backend, LinkClient, LinkServer]) -> None:

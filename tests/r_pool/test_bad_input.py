@@ -70,3 +70,21 @@ async def test_int64_inputs_reach_r_as_numbers(pool: RWorkerPool, examples: Path
     assert a.outputs["mpg"].tobytes() == b.outputs["mpg"].tobytes()
     with pytest.raises(InvalidArgument, match="beyond ±2\\^53"):
         await pool.predict("mtcars", mtcars(examples), {"wt": np.array([3.0]), "hp": np.array([2**60])}, MTCARS_OUT)
+
+
+async def test_infinity_a_model_refuses_is_bad_input(pool: RWorkerPool, examples: Path) -> None:
+    # lm takes infinity (and answers -Inf); randomForest's compiled code refuses it: that is the
+    # caller's input, INVALID_ARGUMENT, not an R error.
+    spec = RModelSpec(str(examples / "iris-rf" / "1" / "model.rds"), columns={
+        "sepal_length": "Sepal.Length", "sepal_width": "Sepal.Width",
+        "petal_length": "Petal.Length", "petal_width": "Petal.Width"})
+    inputs = {"sepal_length": np.array([5.1, np.inf]), "sepal_width": np.array([3.5, 3.0]),
+              "petal_length": np.array([1.4, 5.2]), "petal_width": np.array([0.2, 2.3])}
+    with pytest.raises(InvalidArgument, match=r"^R: predict\(\) failed: NA/NaN/Inf in foreign function call"):
+        await pool.predict("iris-rf", spec, inputs, [("species", "BYTES")])
+    inputs["sepal_length"][1] = 6.7
+    result = await pool.predict("iris-rf", spec, inputs, [("species", "BYTES")])
+    assert list(result.outputs["species"]) == [b"setosa", b"virginica"]
+    mpg = await pool.predict("mtcars", mtcars(examples), {"wt": np.array([np.inf]), "hp": np.array([110.0])},
+                             MTCARS_OUT)
+    assert mpg.outputs["mpg"][0] == -np.inf

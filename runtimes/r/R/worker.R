@@ -115,9 +115,11 @@ bad_input <- function(fmt, ...) {
 
 quoted <- function(x) paste0("'", x, "'", collapse = ", ")
 
-# R errors from predict() that are really about the caller's data.
+# R errors from predict() that are really about the caller's data (an infinite value that
+# compiled code refuses: "NA/NaN/Inf in foreign function call" from randomForest, say).
 classify <- function(msg) {
-  if (grepl("^object '.*' not found$", msg) || grepl("has new levels?", msg)) ST_BAD_INPUT else ST_R_ERROR
+  if (grepl("^object '.*' not found$", msg) || grepl("has new levels?", msg) ||
+      grepl("NA/NaN/Inf in", msg, fixed = TRUE)) ST_BAD_INPUT else ST_R_ERROR
 }
 
 # ---- models: loaded lazily, kept per model key and file mtime ---------------------------
