@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from meshserve import tls
-from meshserve.audit.spool import Spool, SpoolFull, read_segment
+from meshserve.audit.spool import Spool, SpoolFull, fsync_file, read_segment
 from meshserve.audit.stream import BATCH_SUBJECT, ensure_stream
 from meshserve.errors import Unavailable
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
@@ -66,10 +66,13 @@ def _events(batch: bytes) -> int:
 
 
 class EventPublisher:
-    def __init__(self, nats_url: str, spool: Spool, *, ack_timeout_s: float = 2.0) -> None:
+    def __init__(self, nats_url: str, spool: Spool, *, ack_timeout_s: float = 2.0, sync_spool: bool = False) -> None:
         self.nats_url = nats_url
         self.spool = spool
         self.ack_timeout_s = ack_timeout_s
+        # fsync what ``publish`` spools: the router's journal, which deletes a call once its
+        # event is spooled, fsyncs its own records.
+        self.sync_spool = sync_spool
         # Counted in batches (published, spooled) and in events (dropped and the rest, for metrics).
         self.published = 0
         self.spooled = 0
@@ -119,7 +122,7 @@ class EventPublisher:
         unacked = len(events) if len(failed) == len(grouped) else sum(_events(data) for _, data in failed)
         self.events_published += len(events) - unacked
         if failed:
-            self._to_spool(failed, unacked)
+            await self._to_spool(failed, unacked)
 
     async def publish_durably(self, event: Event) -> None:
         """Deliver one event, or spool it on disk (fsync); Unavailable if neither is possible."""
@@ -159,9 +162,9 @@ class EventPublisher:
         self.published += len(grouped) - len(failed)
         return failed
 
-    def _to_spool(self, grouped: Sequence[Batch], events: int) -> None:
+    async def _to_spool(self, grouped: Sequence[Batch], events: int) -> None:
         try:
-            self.spool.append([data for _, data in grouped])
+            segment = self.spool.append([data for _, data in grouped])
             self.spooled += len(grouped)
             self.events_spooled += events
             self.spool_events += events
@@ -170,6 +173,13 @@ class EventPublisher:
             log.error("LOST %d audit events (%d so far): %s", events, self.dropped, e)
             return
         self._replay_wanted.set()
+        if self.sync_spool:  # in a thread: an fsync must not stall the calls in flight
+            try:
+                await asyncio.to_thread(fsync_file, segment)
+            except FileNotFoundError:
+                pass  # replayed and removed meanwhile
+            except OSError as e:
+                log.error("could not fsync the audit spool's %s: %s", segment.name, e)
 
     # -- background tasks ----------------------------------------------------------------
 
