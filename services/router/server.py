@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from meshserve import tracing
+from meshserve.audit.journal import Journal
 from meshserve.audit.publisher import EventPublisher
 from meshserve.audit.spool import Spool
 from meshserve.auth.access import Access
@@ -69,12 +70,17 @@ class Router:
         self.scaler = Scaler(self.cache, placer, target_calls_per_s=settings.scale_calls_per_s,
                              down_after_s=settings.scale_down_after_s, interval_s=settings.scale_interval_s,
                              metrics=self.metrics)
-        publisher = None
+        publisher = journal = None
         if settings.nats_url:
             spool = Spool(settings.data_dir / "audit-spool", settings.audit_spool_max_bytes)
-            publisher = EventPublisher(settings.nats_url, spool)
+            if settings.audit_journal:
+                journal = Journal(settings.data_dir / "audit-journal", settings.audit_journal_fsync,
+                                  settings.audit_journal_fsync_interval_s)
+            # A call leaves the journal once its event is spooled: the spool is then as durable as the journal.
+            publisher = EventPublisher(settings.nats_url, spool,
+                                       sync_spool=journal is not None and journal.fsync != "never")
         self.audit = CallAudit(publisher, self.cache.audit_policies, settings.router_id,
-                               settings.audit_capture_max_bytes, settings.audit_flush_s)
+                               settings.audit_capture_max_bytes, settings.audit_flush_s, journal)
         self.access = Access(self.cache.api_keys, self.cache.access_rules, lambda: self.cache.auth_revision,
                              dev_mode=settings.dev_mode, jwt=verifier_from_settings(settings))
         rates = RateLimiter(self.cache.rate_limits, auth_pb2.RateLimit(
