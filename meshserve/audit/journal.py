@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["never", "interval", "always"]
 SEGMENT_BYTES = 4 * 1024 * 1024
+COPY_BELOW = 64 * 1024  # smaller calls are joined into one buffer; larger ones written from their own bytes
 # A segment whose records are all done is replaced by a fresh one once it is this old,
 # so a router that dies replays at most about this long's worth of delivered calls.
 ROTATE_DONE_S = 1.0
@@ -60,6 +61,8 @@ _RESPONSE_TAG = b"\xaa\x01"
 
 
 def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -189,13 +192,17 @@ class Journal:
         The bytes are in the kernel's page cache when this returns; OSError if not.
         """
         parts = [header, *_field(_REQUEST_TAG, request), *_field(_RESPONSE_TAG, response)]
-        length = 0
-        crc = 0
-        for part in parts:
-            length += len(part)
-            crc = zlib.crc32(part, crc)
-        parts.insert(0, RECORD.pack(length, crc))
-        length += RECORD.size
+        if len(request) + len(response) < COPY_BELOW:  # one buffer: cheaper than a CRC and a write per part
+            payload = b"".join(parts)
+            parts = [RECORD.pack(len(payload), zlib.crc32(payload)) + payload]
+            length = len(parts[0])
+        else:
+            length = crc = 0
+            for part in parts:
+                length += len(part)
+                crc = zlib.crc32(part, crc)
+            parts.insert(0, RECORD.pack(length, crc))
+            length += RECORD.size
         with self._lock:
             segment = self._current
             written = os.writev(segment.fd, parts)
@@ -236,9 +243,9 @@ class Journal:
         """Fsync as the policy says, seal full segments, delete finished ones: one task does all three,
         so no file is closed while an fsync of it runs."""
         while True:
-            timeout = None
+            timeout = ROTATE_DONE_S  # at least this often: a finished segment is replaced after ROTATE_DONE_S
             if self.fsync == "interval":
-                timeout = max(0.0, self._last_sync + self.interval_s - time.monotonic())
+                timeout = min(timeout, max(0.0, self._last_sync + self.interval_s - time.monotonic()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()

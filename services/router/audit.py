@@ -165,7 +165,7 @@ class CallAudit:
             task = asyncio.ensure_future(self._journal_large(journal, record, request, response))
             self._journaling.add(task)
             task.add_done_callback(self._journaling.discard)
-            return task
+            return asyncio.shield(task)  # a caller that leaves does not cut the journaling short
         try:
             segment, ticket = journal.append(record.SerializeToString(), request, response)
         except OSError as e:

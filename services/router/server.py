@@ -88,7 +88,7 @@ class Router:
         self.forwarder = Forwarder(resolver, self.pool, self.audit, self.access, rates,
                                    max_attempts=settings.max_attempts, retry_min_s=settings.retry_min_s,
                                    metrics=self.metrics)
-        self.metrics.watch(self.cache, self.pool, placer, self.scaler, publisher)
+        self.metrics.watch(self.cache, self.pool, placer, self.scaler, publisher, self.audit)
         mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s, self.access, self.audit)
         self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)
         fwd = self.forwarder
