@@ -255,9 +255,9 @@ class Journal:
                 if (due or self._closing) and self.fsync != "never":
                     await self._sync()
                 await self._tidy()
-            except OSError as e:
+            except Exception as e:  # noqa: BLE001 - this task must outlive any failure, or calls would wait forever
                 # The records are in the page cache still: the calls waiting are answered, not failed.
-                log.error("audit journal in %s: %s", self.directory, e)
+                log.error("audit journal in %s: %s: %s", self.directory, type(e).__name__, e)
                 self._release_waiters()
                 await asyncio.sleep(self.interval_s)
             if self._closing:

@@ -29,7 +29,7 @@ def answered_call(n: int) -> Call:
 async def test_the_events_of_answered_calls_survive_the_router(broker: NatsServer, tmp_path: Path) -> None:
     request = build_request("iris", {"features": np.ones((1, 4), dtype=np.float32)}).SerializeToString()
     response = oip.ModelInferResponse(model_name="iris", model_version="1").SerializeToString()
-    # The first router journals three calls and dies before its batch is published (it never starts its worker).
+    # The first router journals five calls and dies before its batch is published (it never starts its worker).
     dead = CallAudit(EventPublisher(broker.url, Spool(tmp_path / "spool", 1 << 20)), {}, "router-a", 1024,
                      journal=Journal(tmp_path / "journal", "never"))
     assert dead.journal is not None
@@ -38,6 +38,11 @@ async def test_the_events_of_answered_calls_survive_the_router(broker: NatsServe
         assert dead.record(answered_call(n), request, response, grpc.StatusCode.OK, "", "ipv4:127.0.0.1:5",
                            (("x-request-id", f"call-{n}"), ("traceparent", f"00-{'ab' * 16}-{'cd' * 8}-01"))) is None
     dead.record(answered_call(3), request, None, grpc.StatusCode.NOT_FOUND, "no such version", "ipv4:127.0.0.1:5", ())
+    # A large call is journaled in a thread: the answer waits for what record returns.
+    large = build_request("iris", {"features": np.ones((20_000, 4), dtype=np.float32)}).SerializeToString()
+    journaling = dead.record(answered_call(4), large, response, grpc.StatusCode.OK, "", "ipv4:127.0.0.1:5", ())
+    assert journaling is not None
+    await journaling
     segments = sorted((tmp_path / "journal").glob("segment-*"))
     journaled = [r.event_id for segment in segments for r in read_records(segment)]
     # The next router on the same data folder publishes them, with their event ids, then empties the journal.
@@ -47,14 +52,15 @@ async def test_the_events_of_answered_calls_survive_the_router(broker: NatsServe
     await again.start()
     try:
         # Published, or spooled first when the broker's connection was not up yet, then replayed.
-        await until(lambda: journal.size == 0 and publisher.events_published == 4, within_s=15)
+        await until(lambda: journal.size == 0 and publisher.events_published == 5, within_s=15)
         stored = await stored_events(broker.url)
     finally:
         await again.stop()
-    assert [e.event_id for e in stored] == journaled and len(journaled) == 4
+    assert [e.event_id for e in stored] == journaled and len(journaled) == 5
     assert [e.request_id for e in stored[:3]] == ["call-0", "call-1", "call-2"]
     assert {e.router_id for e in stored} == {"router-a"}  # the router that saw the calls
     assert all(e.model == "iris" and e.input_digest and e.peer == "ipv4:127.0.0.1:5" for e in stored)
     assert stored[0].trace_id == "ab" * 16 and stored[0].runtime_id == "runtime-a"
     assert stored[3].status_code == grpc.StatusCode.NOT_FOUND.value[0] and stored[3].output_bytes == 0
+    assert stored[4].input_bytes == len(large)
     assert list((tmp_path / "journal").glob("segment-*")) == []
