@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from google.protobuf.message import DecodeError
+
 from meshserve.audit.spool import RECORD, read_segment
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 
@@ -102,7 +104,7 @@ def read_records(path: Path) -> list[audit_pb2.JournalRecord]:
     for data in read_segment(path, "audit journal"):
         try:
             records.append(audit_pb2.JournalRecord.FromString(data))
-        except Exception:  # noqa: BLE001 - a record that passed its CRC but does not parse: stop here too
+        except DecodeError:  # it passed its CRC but is no JournalRecord: stop here too
             log.warning("audit journal %s: a record that is not a JournalRecord ends the segment", path.name)
             break
     return records
