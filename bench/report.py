@@ -40,6 +40,7 @@ REPORT = ROOT / "bench" / "report.md"
 SECTIONS = {
     "router_vs_direct": ("Router against direct calls", "bench/run.py"),
     "concurrency": ("Throughput against concurrency", "bench/run.py"),
+    "journal": ("The call journal's cost per call, in process", "bench/run.py (bench/journal.py)"),
     "r_runtime": ("R runtime", "bench/r_runtime.py"),
     "triton": ("NVIDIA Triton behind the router", "bench/triton.py"),
     "pipeline": ("Pipeline against its steps", "bench/pipeline.py"),

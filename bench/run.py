@@ -1,10 +1,12 @@
 """`make bench`: the same calls direct to a runtime and through the router, in one run.
 
 Starts a private local mesh (etcd, NATS, audit service, router, Python runtime with the
-example models) on free ports. The mesh's router audits every call; two more routers on
-the same registry do not: one as the mesh's router otherwise is, one with the mesh link
-turned off (it reaches the runtime over gRPC, as it would a Triton server). For each
-scenario it alternates rounds over the four set-ups, so drift in the machine's load
+example models) on free ports. The mesh's router audits every call, journaling each
+before its answer (fsync every 100 ms, the default); two more routers on the same
+registry do not audit: one as the mesh's router otherwise is, one with the mesh link
+turned off (it reaches the runtime over gRPC, as it would a Triton server); three more
+audit with the call journal off, or fsynced before every answer, or never fsynced. For
+each scenario it alternates rounds over the set-ups, so drift in the machine's load
 affects them alike, and prints p50, p99 and throughput, the ratios, and the targets of
 the issues they answer. Results also go to bench/results/.
 """
@@ -26,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import journal  # noqa: E402
 from bench.h2load import available as h2load_available  # noqa: E402
 from bench.h2load import run_h2load  # noqa: E402
 from bench.loadgen import Result, run_load  # noqa: E402
@@ -60,9 +63,15 @@ class Scenario:
 
 SWEEP = (1, 2, 4, 8, 16, 32)
 DIRECT, ROUTER, NO_AUDIT, GRPC_HOP = "direct", "router", "router, audit off", "router, gRPC hop"
+NO_JOURNAL, FSYNC_ALWAYS, FSYNC_NEVER = "router, journal off", "router, fsync always", "router, fsync never"
 # Ratios printed for every scenario: (label, side, base).
 RATIOS = ((f"{ROUTER} / {DIRECT}", ROUTER, DIRECT), (f"{NO_AUDIT} / {DIRECT}", NO_AUDIT, DIRECT),
-          (f"{ROUTER} / {NO_AUDIT}", ROUTER, NO_AUDIT), (f"{GRPC_HOP} / {DIRECT}", GRPC_HOP, DIRECT))
+          (f"{ROUTER} / {NO_AUDIT}", ROUTER, NO_AUDIT), (f"{GRPC_HOP} / {DIRECT}", GRPC_HOP, DIRECT),
+          (f"{ROUTER} / {NO_JOURNAL}", ROUTER, NO_JOURNAL), (f"{FSYNC_NEVER} / {NO_JOURNAL}", FSYNC_NEVER, NO_JOURNAL),
+          (f"{FSYNC_ALWAYS} / {NO_JOURNAL}", FSYNC_ALWAYS, NO_JOURNAL))
+# The call journal's set-ups: audited routers, each with its own data folder.
+JOURNALS = {NO_JOURNAL: ("--no-audit-journal",), FSYNC_ALWAYS: ("--audit-journal-fsync", "always"),
+            FSYNC_NEVER: ("--audit-journal-fsync", "never")}
 
 SCENARIOS = [
     Scenario("iris, 1 row, concurrency 1", 1, 1, 1, 3.0, (
@@ -103,16 +112,16 @@ def _ratio(results: dict[str, Result], side: str, base: str, metric: str) -> flo
 
 def report(scenario: Scenario, results: dict[str, Result]) -> tuple[list[str], dict[str, object], bool]:
     lines = [f"\n{scenario.name}",
-             f"  {'':28} {'p50 ms':>9} {'p99 ms':>9} {'calls/s':>9} {'calls':>7} {'errors':>7}"]
+             f"  {'':44} {'p50 ms':>9} {'p99 ms':>9} {'calls/s':>9} {'calls':>7} {'errors':>7}"]
     for side, res in results.items():
-        lines.append(f"  {side:28} {res.percentile_ms(50):9.3f} {res.percentile_ms(99):9.3f} "
+        lines.append(f"  {side:44} {res.percentile_ms(50):9.3f} {res.percentile_ms(99):9.3f} "
                      f"{res.throughput:9.0f} {res.calls:7d} {res.errors:7d}")
     ratios: dict[str, dict[str, float]] = {}
     for label, side, base in RATIOS:
         if side in results and base in results:
             ratios[label] = {m: _ratio(results, side, base, m) for m in ("p50", "p99", "throughput")}
             r = ratios[label]
-            lines.append(f"  {label:28} {r['p50']:8.2f}x {r['p99']:8.2f}x {r['throughput']:8.2f}x")
+            lines.append(f"  {label:44} {r['p50']:8.2f}x {r['p99']:8.2f}x {r['throughput']:8.2f}x")
     ok = True
     for target in scenario.targets:
         ratio = _ratio(results, target.side, target.base, target.metric)
@@ -185,9 +194,13 @@ def main() -> int:
     records: list[dict[str, object]] = []
     print(f"meshserve benchmark on {os.cpu_count()} cores; load from separate processes")
     with LocalMesh(config) as mesh, extra_router(mesh, "router-no-audit") as no_audit, \
-            extra_router(mesh, "router-grpc-hop", "--no-use-link") as grpc_hop:
+            extra_router(mesh, "router-grpc-hop", "--no-use-link") as grpc_hop, contextlib.ExitStack() as stack:
         addresses = {DIRECT: mesh.runtime_address, ROUTER: mesh.router_address, NO_AUDIT: no_audit,
                      GRPC_HOP: grpc_hop}
+        for side, flags in JOURNALS.items():
+            name = "router-" + side.removeprefix("router, ").replace(" ", "-")
+            addresses[side] = stack.enter_context(extra_router(
+                mesh, name, "--nats-url", mesh.nats_url, "--data-dir", str(mesh.data_dir / name), *flags))
         for scenario in SCENARIOS:
             if args.only and args.only not in scenario.name:
                 continue
@@ -200,6 +213,10 @@ def main() -> int:
             sweep(mesh.runtime_address, mesh.router_address)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
+    if not args.only:
+        costs = journal.measure()
+        print("\n".join(journal.report(costs)), flush=True)
+        (out / "journal.json").write_text(json.dumps({"microseconds_per_call": costs}, indent=2))
     (out / "router_vs_direct.json").write_text(json.dumps(
         {"when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cpus": os.cpu_count(), "results": records}, indent=2))
     return 0

@@ -23,7 +23,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from meshserve.audit.spool import Spool, SpoolFull, read_segment
+from meshserve.audit.spool import Spool, SpoolFull, fsync_file, read_segment
 from meshserve.audit.stream import BATCH_SUBJECT, ensure_stream
 from meshserve.errors import Unavailable
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
@@ -67,11 +67,14 @@ def _events(batch: bytes) -> int:
 
 class EventPublisher:
     def __init__(self, nats_url: str, spool: Spool, *, ack_timeout_s: float = 2.0,
-                 mesh_tls: MeshTls | None = None) -> None:
+                 mesh_tls: MeshTls | None = None, sync_spool: bool = False) -> None:
         self.nats_url = nats_url
         self.mesh_tls = mesh_tls  # for a tls:// URL
         self.spool = spool
         self.ack_timeout_s = ack_timeout_s
+        # fsync what ``publish`` spools: the router's journal, which deletes a call once its
+        # event is spooled, fsyncs its own records.
+        self.sync_spool = sync_spool
         # Counted in batches (published, spooled) and in events (dropped and the rest, for metrics).
         self.published = 0
         self.spooled = 0
@@ -121,7 +124,7 @@ class EventPublisher:
         unacked = len(events) if len(failed) == len(grouped) else sum(_events(data) for _, data in failed)
         self.events_published += len(events) - unacked
         if failed:
-            self._to_spool(failed, unacked)
+            await self._to_spool(failed, unacked)
 
     async def publish_durably(self, event: Event) -> None:
         """Deliver one event, or spool it on disk (fsync); Unavailable if neither is possible."""
@@ -161,9 +164,9 @@ class EventPublisher:
         self.published += len(grouped) - len(failed)
         return failed
 
-    def _to_spool(self, grouped: Sequence[Batch], events: int) -> None:
+    async def _to_spool(self, grouped: Sequence[Batch], events: int) -> None:
         try:
-            self.spool.append([data for _, data in grouped])
+            segment = self.spool.append([data for _, data in grouped])
             self.spooled += len(grouped)
             self.events_spooled += events
             self.spool_events += events
@@ -172,6 +175,13 @@ class EventPublisher:
             log.error("LOST %d audit events (%d so far): %s", events, self.dropped, e)
             return
         self._replay_wanted.set()
+        if self.sync_spool:  # in a thread: an fsync must not stall the calls in flight
+            try:
+                await asyncio.to_thread(fsync_file, segment)
+            except FileNotFoundError:
+                pass  # replayed and removed meanwhile
+            except OSError as e:
+                log.error("could not fsync the audit spool's %s: %s", segment.name, e)
 
     # -- background tasks ----------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
-_RECORD = struct.Struct("<II")
+RECORD = struct.Struct("<II")  # length, CRC-32 (the call journal frames its records alike)
 SEGMENT_BYTES = 4 * 1024 * 1024
 
 
@@ -47,23 +47,27 @@ class Spool:
         return self._size
 
     def has_room(self, length: int = 0) -> bool:
-        return self._size + _RECORD.size + length <= self.max_bytes
+        return self._size + RECORD.size + length <= self.max_bytes
 
-    def append(self, events: list[bytes], *, sync: bool = False) -> None:
-        """Write events at the end of the spool; ``sync`` waits until they are on disk."""
-        needed = sum(_RECORD.size + len(e) for e in events)
+    def append(self, events: list[bytes], *, sync: bool = False) -> Path:
+        """Write events at the end of the spool; ``sync`` waits until they are on disk. Returns the segment
+        written to."""
+        needed = sum(RECORD.size + len(e) for e in events)
         if self._size + needed > self.max_bytes:
             free = max(0, self.max_bytes - self._size)
             raise SpoolFull(f"the audit spool in {self.directory} has {free} of {self.max_bytes} bytes free, "
                             f"and {needed} are needed")
         out = self._writable()
-        out.write(b"".join(_RECORD.pack(len(e), zlib.crc32(e)) + e for e in events))
+        path = self._current_path
+        assert path is not None
+        out.write(b"".join(RECORD.pack(len(e), zlib.crc32(e)) + e for e in events))
         out.flush()
         if sync:
             os.fsync(out.fileno())
         self._size += needed
         if out.tell() >= SEGMENT_BYTES:
             self._seal()
+        return path
 
     def _writable(self) -> BinaryIO:
         if self._current is None:
@@ -94,16 +98,25 @@ class Spool:
         self._seal()
 
 
-def read_segment(path: Path) -> Iterator[bytes]:
-    """The events of one segment, stopping at a torn or corrupt record."""
+def fsync_file(path: Path) -> None:
+    """fsync a file through a descriptor of its own (safe while another thread closes the writer's)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_segment(path: Path, what: str = "audit spool") -> Iterator[bytes]:
+    """The records of one segment, stopping at a torn or corrupt record."""
     data = path.read_bytes()
     offset = 0
-    while offset + _RECORD.size <= len(data):
-        length, crc = _RECORD.unpack_from(data, offset)
-        start = offset + _RECORD.size
+    while offset + RECORD.size <= len(data):
+        length, crc = RECORD.unpack_from(data, offset)
+        start = offset + RECORD.size
         event = data[start:start + length]
         if len(event) < length or zlib.crc32(event) != crc:
-            log.warning("audit spool %s: torn record at byte %d ignored", path.name, offset)
+            log.warning("%s %s: torn record at byte %d ignored", what, path.name, offset)
             return
         yield event
         offset = start + length

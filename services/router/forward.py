@@ -170,18 +170,25 @@ class Forwarder:
                     mirror(versions, request, context.peer(), metadata)
                 if audit.strict(call.model):
                     await audit.record_durably(call, request, response, _OK, "", context.peer(), metadata)
+                    code = _OK
                 else:
-                    audit.record(call, request, response, _OK, "", context.peer(), metadata)
-                code = _OK
+                    code = _OK  # recorded as answered, even if the caller leaves while it is journaled
+                    journaled = audit.record(call, request, response, _OK, "", context.peer(), metadata)
+                    if journaled is not None:
+                        await journaled  # in the journal (or fsynced) before the answer leaves
                 return response
             except Exception as caught:  # noqa: BLE001 - a MeshError, or a bug logged under an error id
                 e = as_mesh_error(caught, ROUTER)
                 code = e.code
-                audit.record(call, request, None, e.code, e.message, context.peer(), metadata)
+                journaled = audit.record(call, request, None, e.code, e.message, context.peer(), metadata)
+                if journaled is not None:
+                    await journaled
                 await context.abort(e.code, e.message)
             except asyncio.CancelledError:
-                code = _CANCELLED
-                audit.record(call, request, None, _CANCELLED, "cancelled by the caller", context.peer(), metadata)
+                if code is not _OK:
+                    code = _CANCELLED
+                    audit.record(call, request, None, _CANCELLED, "cancelled by the caller", context.peer(),
+                                 metadata)
                 raise
             finally:
                 metrics.inflight -= 1
@@ -342,15 +349,17 @@ class Forwarder:
 
         done = self.metrics.done
 
-        def audited(call: Call, request: bytes, response: bytes | None, code: grpc.StatusCode, message: str) -> None:
+        def audited(call: Call, request: bytes, response: bytes | None, code: grpc.StatusCode,
+                    message: str) -> asyncio.Future[None] | None:
             done(_STREAM, call, code)  # each request counts once answered (a decoupled model's: per response)
-            if audit is not None:
-                audit.record(call, request, response, code, message, peer, metadata)
+            return audit.record(call, request, response, code, message, peer, metadata) if audit else None
 
         async def settle(call: Call, request: bytes, response: bytes) -> bytes:
-            """Audit one answered request; a strict model's answer waits for a durable event."""
+            """Audit one answered request: journaled before the answer goes on; a strict model's waits for a
+            durable event."""
             if audit is None or not audit.strict(call.model):
-                audited(call, request, response, _OK, "")
+                if (journaled := audited(call, request, response, _OK, "")) is not None:
+                    await journaled
                 return response
             try:
                 await audit.record_durably(call, request, response, _OK, "", peer, metadata)

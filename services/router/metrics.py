@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from meshserve.auth.limits import RateLimiter
     from meshserve.registry.cache import RegistryCache
 
-    from .audit import Call
+    from .audit import Call, CallAudit
     from .placement import Placer
     from .replicas import ConnectionPool
     from .scaler import Scaler
@@ -90,7 +90,8 @@ class RouterMetrics:
         return [((model, version), count) for (model, version), count in self.model_inflight.copy().items()]
 
     def watch(self, cache: RegistryCache, pool: ConnectionPool, placer: Placer, scaler: Scaler,
-              publisher: EventPublisher | None, rates: RateLimiter | None = None) -> None:
+              publisher: EventPublisher | None, rates: RateLimiter | None = None,
+              audit: CallAudit | None = None) -> None:
         """Add the series read from the router's parts when Prometheus scrapes, and register them."""
         self._known = lambda name: (name in cache.models or name in cache.pipelines or name in cache.catalog
                                     or name in cache.departed)
@@ -127,4 +128,9 @@ class RouterMetrics:
                       "spool", lambda: publisher.events_spooled)
             s.counter(f"{PREFIX}_audit_events_dropped", "Call events LOST: the spool was full",
                       lambda: publisher.dropped)
+        if audit is not None and (journal := audit.journal) is not None:
+            s.gauge(f"{PREFIX}_audit_journal_bytes", "Bytes in the call journal: calls answered whose events are "
+                    "not yet acknowledged or spooled", lambda: journal.size)
+            s.counter(f"{PREFIX}_audit_journal_failures", "Calls the call journal could not take (a full or failing "
+                      "disk): their events waited in memory only", lambda: audit.journal_failures)
         s.register(self.registry)

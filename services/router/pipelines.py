@@ -158,7 +158,9 @@ class PipelineRunner:
             raise error_for(e.code, f"pipeline {pipeline!r}, step {step.name!r} (model {step.model!r}): "
                                     f"{e.message}") from e
         self.metrics.done(PIPELINE_STEP, call, grpc.StatusCode.OK)
-        self.audit.record(call, data, answer, grpc.StatusCode.OK, "", ROUTER_PEER, metadata)
+        journaled = self.audit.record(call, data, answer, grpc.StatusCode.OK, "", ROUTER_PEER, metadata)
+        if journaled is not None:
+            await journaled  # before the pipeline's answer leaves
         response = oip.ModelInferResponse.FromString(answer)
         outputs = _tensors(response.outputs, response.raw_output_contents, "output")
         return {f"{step.name}.{name}": tensor for name, tensor in outputs.items()}

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from meshserve import tracing
+from meshserve.audit.journal import Journal
 from meshserve.audit.publisher import EventPublisher
 from meshserve.audit.spool import Spool
 from meshserve.auth.access import Access
@@ -74,12 +75,17 @@ class Router:
         self.scaler = Scaler(self.cache, placer, target_calls_per_s=settings.scale_calls_per_s,
                              down_after_s=settings.scale_down_after_s, interval_s=settings.scale_interval_s,
                              metrics=self.metrics)
-        publisher = None
+        publisher = journal = None
         if settings.nats_url:
             spool = Spool(settings.data_dir / "audit-spool", settings.audit_spool_max_bytes)
-            publisher = EventPublisher(settings.nats_url, spool, mesh_tls=self.mesh_tls)
+            if settings.audit_journal:
+                journal = Journal(settings.data_dir / "audit-journal", settings.audit_journal_fsync,
+                                  settings.audit_journal_fsync_interval_s)
+            # A call leaves the journal once its event is spooled: the spool is then as durable as the journal.
+            publisher = EventPublisher(settings.nats_url, spool, mesh_tls=self.mesh_tls,
+                                       sync_spool=journal is not None and journal.fsync != "never")
         self.audit = CallAudit(publisher, self.cache.audit_policies, settings.router_id,
-                               settings.audit_capture_max_bytes, settings.audit_flush_s)
+                               settings.audit_capture_max_bytes, settings.audit_flush_s, journal)
         self.access = Access(self.cache.api_keys, self.cache.access_rules, lambda: self.cache.auth_revision,
                              dev_mode=settings.dev_mode, jwt=verifier_from_settings(settings))
         self.rates = RateLimiter(self.cache.rate_limits, auth_pb2.RateLimit(
@@ -87,7 +93,7 @@ class Router:
         self.forwarder = Forwarder(resolver, self.pool, self.audit, self.access, self.rates,
                                    max_attempts=settings.max_attempts, retry_min_s=settings.retry_min_s,
                                    metrics=self.metrics, max_message_bytes=settings.max_message_bytes)
-        self.metrics.watch(self.cache, self.pool, placer, self.scaler, publisher, self.rates)
+        self.metrics.watch(self.cache, self.pool, placer, self.scaler, publisher, self.rates, self.audit)
         mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s, self.access, self.audit)
         self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)
         fwd = self.forwarder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -32,7 +33,8 @@ class RouterSettings(JwtSettings, MetricsSettings, ServiceSettings):
         "", description='NATS server taking call events (e.g. "nats://127.0.0.1:4222"); "" turns auditing off'
     )
     data_dir: Path = Field(
-        Path("meshserve-data/router"), description="where the router keeps its audit spool (one folder per router)"
+        Path("meshserve-data/router"),
+        description="where the router keeps its audit spool and journal (one folder per router)"
     )
     router_id: str = Field(default_factory=lambda: f"router-{socket.gethostname()}-{os.getpid()}",
                            description="this router's name in call events and in the registry "
@@ -41,6 +43,17 @@ class RouterSettings(JwtSettings, MetricsSettings, ServiceSettings):
         0.05, description="how long call events gather into one batch before they are published"
     )
     audit_spool_max_bytes: int = Field(256 * 1024 * 1024, description="most disk the audit spool may use")
+    audit_journal: bool = Field(
+        True, description="append every call to the router's journal (<data_dir>/audit-journal) before its answer "
+        "leaves, so a router that dies loses no call events: it publishes the events of what the journal holds when "
+        "it starts again. Off, the events of the last few milliseconds' calls wait in memory only")
+    audit_journal_fsync: Literal["never", "interval", "always"] = Field(
+        "interval", description='when journal records reach the disk: "never" (the page cache only: they survive '
+        'the router\'s crash, not the machine\'s), "interval" (an fsync every audit_journal_fsync_interval_s in '
+        'the background: a machine crash loses at most that long\'s calls), or "always" (an fsync before each '
+        'answer, shared by the calls answered meanwhile; slowest)')
+    audit_journal_fsync_interval_s: float = Field(
+        0.1, gt=0, description='how often the journal is fsynced under audit_journal_fsync "interval"')
     audit_capture_max_bytes: int = Field(
         64 * 1024, description="largest tensor stored when a model's policy captures payloads (its own cap wins)"
     )

@@ -111,7 +111,12 @@ class AuditMesh:
             "--dev-mode", *extra], self.folder)
         with grpc.insecure_channel(address) as channel:
             def ready() -> bool:
-                index = stub(channel).RepositoryIndex(oip.RepositoryIndexRequest(), timeout=5)
+                try:
+                    index = stub(channel).RepositoryIndex(oip.RepositoryIndexRequest(), timeout=5)
+                except grpc.RpcError as e:  # a router started again on a port this process called before:
+                    if e.code() != grpc.StatusCode.UNAVAILABLE:  # gRPC may wait out its reconnection back-off
+                        raise
+                    return False
                 return {m.name for m in index.models if m.state == "READY"} >= set(MODELS)
             wait_for(ready, 30, "routing every model")
         return proc, address

@@ -262,12 +262,14 @@ def meshserve_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProces
 
 
 class Load:
-    """Threads calling iris through a router back to back, each call with its own request id."""
+    """Threads calling iris through a router back to back (or, with ``rate``, that many calls a second in
+    all), each call with its own request id."""
 
-    def __init__(self, address: str, tag: str, threads: int = 2) -> None:
+    def __init__(self, address: str, tag: str, threads: int = 2, rate: float = 0.0) -> None:
         self.address = address
         self.tag = tag
         self.threads = threads
+        self.interval_s = threads / rate if rate else 0.0  # between two calls' starts, per thread
         # (request id, monotonic start, seconds taken, error or None), in completion order
         self.calls: list[tuple[str, float, float, grpc.RpcError | None]] = []
         self._stop = threading.Event()
@@ -293,7 +295,11 @@ class Load:
         with grpc.insecure_channel(self.address) as channel:
             infer = stub(channel).ModelInfer
             i = 0
+            began = time.monotonic()
             while not self._stop.is_set():
+                wait = began + i * self.interval_s - time.monotonic()
+                if self.interval_s and wait > 0 and self._stop.wait(wait):
+                    break
                 request_id = f"{self.tag}-{n}-{i}"
                 started = time.monotonic()
                 error = None
@@ -312,6 +318,11 @@ class Load:
     @property
     def ids(self) -> set[str]:
         return {c[0] for c in self.calls}
+
+    @property
+    def answered(self) -> set[str]:
+        """The calls that were answered OK."""
+        return {c[0] for c in self.calls if c[3] is None}
 
     def errors(self) -> list[tuple[str, grpc.RpcError]]:
         return [(c[0], c[3]) for c in self.calls if c[3] is not None]

@@ -104,6 +104,7 @@ def test_every_call_event_reaches_the_audit_store(metrics_mesh: MetricsMesh) -> 
         stored = value(audit, "meshserve_audit_events_total", result="stored")
         assert published >= 3 and stored == published
         assert value(audit, "meshserve_audit_consumer_lag_events") == 0
+        assert value(router, "meshserve_router_audit_journal_bytes") == 0  # every answered call's event delivered
         return published, stored
 
     assert_eventually(settled, timeout=20)
@@ -112,6 +113,7 @@ def test_every_call_event_reaches_the_audit_store(metrics_mesh: MetricsMesh) -> 
     assert value(router, "meshserve_router_audit_spool_bytes") == 0
     assert value(router, "meshserve_router_audit_spool_events") == 0
     assert value(router, "meshserve_router_audit_events_dropped_total") == 0
+    assert value(router, "meshserve_router_audit_journal_failures_total") == 0
     assert value(audit, "meshserve_audit_nats_connected") == 1
     assert value(audit, "meshserve_audit_database_connected") == 1
     assert value(audit, "meshserve_audit_events_total", result="quarantined") == 0

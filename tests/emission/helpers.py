@@ -6,7 +6,10 @@ import asyncio
 import uuid
 from collections.abc import Callable
 
+import nats
+
 from meshserve.audit.publisher import Event
+from meshserve.audit.stream import STREAM
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 
 
@@ -23,3 +26,19 @@ async def until(check: Callable[[], bool], within_s: float = 15.0) -> None:
     while not check():
         assert loop.time() < end, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+async def stored_events(url: str) -> list[audit_pb2.CallEvent]:
+    """Every call event in the audit stream of the broker at ``url``, in order."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(STREAM)
+        stored = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            message = await js.get_msg(STREAM, seq)
+            batch = audit_pb2.CallEventBatch.FromString(message.data)
+            stored += [audit_pb2.CallEvent.FromString(event) for event in batch.events]
+        return stored
+    finally:
+        await nc.close()

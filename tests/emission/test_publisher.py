@@ -6,32 +6,18 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import nats
 import pytest
 
 from meshserve.audit.publisher import EventPublisher, batches
 from meshserve.audit.spool import Spool
-from meshserve.audit.stream import STREAM
 from meshserve.errors import Unavailable
 from meshserve.local.nats import NatsServer
-from meshserve.protos.meshserve.audit.v1 import audit_pb2
 
-from .helpers import events, until
+from .helpers import events, stored_events, until
 
 
 async def stored_ids(url: str) -> list[str]:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        info = await js.stream_info(STREAM)
-        ids = []
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            message = await js.get_msg(STREAM, seq)
-            batch = audit_pb2.CallEventBatch.FromString(message.data)
-            ids += [audit_pb2.CallEvent.FromString(event).event_id for event in batch.events]
-        return ids
-    finally:
-        await nc.close()
+    return [event.event_id for event in await stored_events(url)]
 
 
 @pytest.fixture

@@ -215,6 +215,129 @@ class CallEventBatch(_message.Message):
 Global___CallEventBatch: _TypeAlias = CallEventBatch  # noqa: Y015
 
 @_typing.final
+class JournalRecord(_message.Message):
+    """One call in a router's call journal: what the router knew when it answered, so the
+    call's CallEvent can be built from it after a crash, with the same event_id. A router
+    appends one before the call's answer leaves it, to segment files framed as its spool's
+    (little-endian u32 length, u32 CRC-32 of the bytes, the serialized record); see
+    meshserve/audit/journal.py and docs/audit.md. Fields mirror CallEvent's where named
+    alike.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        """One entry of the metadata the router forwarded with the call."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bytes
+        """UTF-8 text, or any bytes for a key ending in "-bin"."""
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    ROUTER_ID_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    REQUESTED_VERSION_FIELD_NUMBER: _builtins.int
+    RESOLVED_VERSION_FIELD_NUMBER: _builtins.int
+    RUNTIME_KIND_FIELD_NUMBER: _builtins.int
+    RUNTIME_ID_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PARENT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    START_UNIX_NANOS_FIELD_NUMBER: _builtins.int
+    END_UNIX_NANOS_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The id the built event carries (CallEvent.event_id)."""
+    router_id: _builtins.str
+    """The router that saw the call (CallEvent.router_id), whichever router replays the record."""
+    method: _builtins.str
+    model: _builtins.str
+    requested_version: _builtins.str
+    resolved_version: _builtins.str
+    runtime_kind: _builtins.str
+    runtime_id: _builtins.str
+    principal: _builtins.str
+    request_id: _builtins.str
+    """The request id the router gave the call (a pipeline's), "" when it gave none: the
+    event's request_id then comes from the request, the metadata or the event id.
+    """
+    parent_request_id: _builtins.str
+    shadow: _builtins.bool
+    trace_id: _builtins.str
+    """The router's trace id for the call; "" when it did not trace it."""
+    start_unix_nanos: _builtins.int
+    """When the router received the call and when it finished, nanoseconds since the Unix epoch."""
+    end_unix_nanos: _builtins.int
+    status_code: _builtins.int
+    status_message: _builtins.str
+    peer: _builtins.str
+    request: _builtins.bytes
+    """The request and response messages as they travelled (serialized ModelInferRequest and
+    ModelInferResponse, or ModelStreamInferResponse for ModelStreamInfer); the response is
+    empty when there was none. A router may write them after the other fields, as it
+    does, to append their bytes without copying them into a message.
+    """
+    response: _builtins.bytes
+    @_builtins.property
+    def metadata(self) -> _containers.RepeatedCompositeFieldContainer[Global___JournalRecord.MetadataEntry]: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        router_id: _builtins.str = ...,
+        method: _builtins.str = ...,
+        model: _builtins.str = ...,
+        requested_version: _builtins.str = ...,
+        resolved_version: _builtins.str = ...,
+        runtime_kind: _builtins.str = ...,
+        runtime_id: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        parent_request_id: _builtins.str = ...,
+        shadow: _builtins.bool = ...,
+        trace_id: _builtins.str = ...,
+        start_unix_nanos: _builtins.int = ...,
+        end_unix_nanos: _builtins.int = ...,
+        status_code: _builtins.int = ...,
+        status_message: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        metadata: _abc.Iterable[Global___JournalRecord.MetadataEntry] | None = ...,
+        request: _builtins.bytes = ...,
+        response: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_unix_nanos", b"end_unix_nanos", "event_id", b"event_id", "metadata", b"metadata", "method", b"method", "model", b"model", "parent_request_id", b"parent_request_id", "peer", b"peer", "principal", b"principal", "request", b"request", "request_id", b"request_id", "requested_version", b"requested_version", "resolved_version", b"resolved_version", "response", b"response", "router_id", b"router_id", "runtime_id", b"runtime_id", "runtime_kind", b"runtime_kind", "shadow", b"shadow", "start_unix_nanos", b"start_unix_nanos", "status_code", b"status_code", "status_message", b"status_message", "trace_id", b"trace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JournalRecord: _TypeAlias = JournalRecord  # noqa: Y015
+
+@_typing.final
 class AuditPolicy(_message.Message):
     """How the mesh audits one model, stored at /meshserve/v1/audit-policies/<model>."""
 
