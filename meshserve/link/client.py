@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import grpc
 
 from meshserve import tls, tracing
+from meshserve.auth import mesh as mesh_credential
 from meshserve.errors import DeadlineExceeded, Internal, Unavailable, error_for
 from meshserve.link import frames
 from meshserve.link.frames import FrameReader, ProtocolError
@@ -23,8 +24,10 @@ LINK_SYSTEM = "meshserve_link"  # the spans' rpc.system
 class LinkClient(frames.FramedProtocol):
     """One connection to a runtime's link; create with :meth:`connect`."""
 
-    def __init__(self, address: str, max_message_bytes: int) -> None:
+    def __init__(self, address: str, max_message_bytes: int, credential: str | None = None) -> None:
         self.address = address
+        # The mesh credential, sent as metadata of every frame (see meshserve.auth.mesh).
+        self._credential_metadata = frames.encode_metadata(dict(mesh_credential.metadata(credential)))
         self._reader = FrameReader(max_message_bytes + frames.OVERHEAD, expect_magic=False)
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._next_id = 0
@@ -34,13 +37,14 @@ class LinkClient(frames.FramedProtocol):
         self._loop = asyncio.get_running_loop()
 
     @classmethod
-    async def connect(cls, address: str, max_message_bytes: int, connect_timeout_s: float = 2.0) -> LinkClient:
+    async def connect(cls, address: str, max_message_bytes: int, connect_timeout_s: float = 2.0, *,
+                      credential: str | None = None) -> LinkClient:
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout_s):
                 _, client = await loop.create_connection(
-                    lambda: cls(address, max_message_bytes), host, int(port),
+                    lambda: cls(address, max_message_bytes, credential), host, int(port),
                     ssl=tls.client_context() if tls.enabled() else None)
         except (OSError, TimeoutError) as e:
             raise Unavailable(f"cannot connect to the mesh link at {address}: {e or type(e).__name__}") from e
@@ -116,8 +120,11 @@ class LinkClient(frames.FramedProtocol):
                 raise DeadlineExceeded("deadline exceeded before the call was forwarded")
             timeout_us = min(int(remaining_s * 1e6), 0xFFFFFFFF)
             timer = self._loop.call_later(remaining_s, _expire, future)
+        encoded = self._credential_metadata
+        if metadata:
+            encoded = frames.encode_metadata(metadata) + encoded
         head = frames.header(call_id, frames.REQUEST, len(payload), method=method, timeout_us=timeout_us,
-                             metadata=frames.encode_metadata(metadata) if metadata else b"")
+                             metadata=encoded)
         writer.send(head, payload)
         try:
             return await future

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from meshserve import pipelines, tls
+from meshserve.auth import mesh as mesh_credential
 from meshserve.errors import REFUSALS, MeshError
 from meshserve.local import triton
 from meshserve.local.etcd import EtcdServer
@@ -227,6 +228,30 @@ class LocalMesh:
         """(CA, certificate, key) of the mesh service ``name``."""
         return self.tls_dir / "ca.crt", self.tls_dir / f"{name}.crt", self.tls_dir / f"{name}.key"
 
+    @property
+    def secrets_dir(self) -> Path:
+        """The mesh's secrets (outside dev mode): the mesh credential, etcd passwords."""
+        return self.data_dir / "secrets"
+
+    @property
+    def mesh_credential_file(self) -> Path | None:
+        """The mesh credential's file that routers present and runtimes check (None in dev mode)."""
+        return None if self.config.dev_mode else self.secrets_dir / "mesh-credential"
+
+    def _mesh_credential(self) -> str | None:
+        """The mesh credential, made on first use (kept with a kept data directory)."""
+        path = self.mesh_credential_file
+        if path is None:
+            return None
+        return mesh_credential.read(path) if path.exists() else mesh_credential.write(path)
+
+    def mesh_flags(self, *, registrar: bool = False) -> list[str]:
+        """How a router, a runtime or Triton's registrar takes part in the check of who calls runtimes."""
+        if self.config.dev_mode:
+            return [] if registrar else ["--dev-mode"]
+        self._mesh_credential()
+        return ["--mesh-credential-file", str(self.mesh_credential_file)]
+
     def _tls_flags(self, name: str) -> list[str]:
         if not self.config.tls:
             return []
@@ -298,10 +323,9 @@ class LocalMesh:
         index = self.router_names().index(name)
         port = self.config.router_port + index if self.config.router_port else 0
         audit = ["--nats-url", self.nats_url, "--data-dir", str(self.data_dir / name)] if self.nats else []
-        dev = ["--dev-mode"] if self.config.dev_mode else []
         self._service(name, "meshserve.services.router",
                       ["--port", str(port), "--metrics-port", str(self._router_metrics_port(index)),
-                       "--etcd-endpoint", self.etcd_endpoint, *audit, *dev], cert="router")
+                       "--etcd-endpoint", self.etcd_endpoint, *audit, *self.mesh_flags()], cert="router")
         return self.addresses[name]
 
     def _router_metrics_port(self, index: int) -> int:
@@ -318,7 +342,7 @@ class LocalMesh:
 
     def _start_runtime(self) -> str:
         info = self._service("runtime", "meshserve.runtimes.python", [
-            "--port", str(self.config.runtime_port), "--etcd-endpoint", self.etcd_endpoint,
+            "--port", str(self.config.runtime_port), "--etcd-endpoint", self.etcd_endpoint, *self.mesh_flags(),
             "--model-repository", str(self.config.model_repository.resolve()),
         ])
         self.runtime_id = str(info.get("runtime_id", ""))
@@ -326,7 +350,8 @@ class LocalMesh:
 
     def _start_r_runtime(self) -> str:
         self._service("r-runtime", "meshserve.runtimes.r", [
-            "--etcd-endpoint", self.etcd_endpoint, "--model-repository", str(self.config.model_repository.resolve()),
+            "--etcd-endpoint", self.etcd_endpoint, *self.mesh_flags(),
+            "--model-repository", str(self.config.model_repository.resolve()),
             "--worker-log", str(self.log_dir / "r-workers.log"),
         ])
         return self.addresses["r-runtime"]
@@ -336,6 +361,7 @@ class LocalMesh:
         server = triton.TritonServer(self.config.triton_repository.resolve(), self.data_dir / "triton",
                                      self.log_dir / "triton.log", host=self.config.host,
                                      tls_files=self.tls_files("triton") if self.config.tls else None,
+                                     credential=self._mesh_credential(),
                                      extra_args=triton.trace_args(self.config.triton_trace_url,
                                                                   export_s=self.config.trace_export_s))
         self.triton = server
@@ -350,6 +376,7 @@ class LocalMesh:
         assert self.triton is not None
         self._service("triton-registrar", "meshserve.runtimes.triton", [
             "--etcd-endpoint", self.etcd_endpoint, "--triton-address", self.triton.address,
+            *self.mesh_flags(registrar=True),
         ])
         return self.triton.address
 

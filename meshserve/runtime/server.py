@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import meshserve
-from meshserve import tracing
-from meshserve.errors import NotFound
+from meshserve import tls, tracing
+from meshserve.auth import mesh as mesh_credential
+from meshserve.auth.mesh import MeshGate
+from meshserve.errors import FailedPrecondition, MeshError, NotFound
 from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
@@ -47,6 +50,21 @@ _PLACEMENT_STATES = {
     State.READY: reg_pb.MODEL_STATE_READY,
     State.FAILED: reg_pb.MODEL_STATE_FAILED,
 }
+
+
+def mesh_gate(settings: ModelRuntimeSettings, what: str) -> MeshGate:
+    """How this runtime tells the mesh's calls from strangers' (see meshserve.auth.mesh).
+
+    Outside dev mode a runtime needs TLS (mesh certificates required of every caller) or a
+    mesh credential, and refuses to start with neither: a plain-text port that anyone could
+    call would let callers around the router's keys and audit trail.
+    """
+    credential = mesh_credential.read_optional(settings.mesh_credential_file)
+    if not settings.dev_mode and credential is None and not tls.enabled():
+        raise FailedPrecondition(
+            f"the {what} would take calls from anyone who reaches its port: give it TLS (--tls-ca, --tls-cert, "
+            "--tls-key) or a mesh credential (--mesh-credential-file), or pass --dev-mode for local development")
+    return MeshGate(credential, what)
 
 
 def placement(entry: ModelEntry) -> reg_pb.Placement:
@@ -81,7 +99,10 @@ class RuntimeServer:
         self.metrics.watch(self.repository, self.dataplane.pool, loader)
         self.metrics_server = MetricsServer(self.metrics.registry)
         self.servicer = InferenceServicer(self.dataplane, kind)
-        self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes)
+        self.gate = mesh_gate(settings, f"{kind} runtime")
+        gate = self.gate.interceptor()
+        self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes,
+                                    interceptors=[gate] if gate else ())
         add_service(self.server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self.servicer,
                     raw=RAW_REQUEST_METHODS)
         self.register = register
@@ -118,7 +139,8 @@ class RuntimeServer:
         self.server.bind(self.settings.host, self.settings.port, require_client_cert=self.settings.require_client_cert)
         await self.server.start()
         if self.settings.link_port >= 0:
-            self.link = await serve_link(self.settings.host, self.settings.link_port, self.servicer.link_handler,
+            self.link = await serve_link(self.settings.host, self.settings.link_port,
+                                         self.gate.link_handler(self.servicer.link_handler),
                                          self.settings.max_message_bytes)
             self.link_address = self.link.address
         if self.register:
@@ -219,4 +241,8 @@ def main(settings_class: type[S], create: Callable[[S], RuntimeServer],
     async def run() -> None:
         await serve(create(settings))  # created inside the loop, which its gRPC server binds to
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except MeshError as e:  # a start-up the settings rule out, etcd not answering: one line, no traceback
+        log.error("%s", e.message)
+        sys.exit(1)

@@ -24,6 +24,7 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from meshserve import tls
+from meshserve.auth import mesh as mesh_credential
 from meshserve.grpcutil.server import channel_options
 from meshserve.lifecycle import run_until_signalled
 from meshserve.protos.inference import grpc_service_pb2 as oip
@@ -74,6 +75,9 @@ class TritonRegistrar:
         self.runtime_id = settings.runtime_id or f"triton-{self.address.replace(':', '-')}"
         self._channel = tls.aio_channel(self.address, channel_options(settings.max_message_bytes))
         self._triton = GRPCInferenceServiceStub(self._channel)
+        # Triton started by meshserve outside dev mode takes only calls presenting the mesh credential.
+        self._metadata = mesh_credential.metadata(mesh_credential.read_optional(settings.mesh_credential_file),
+                                                  triton=True)
         self._registration: Registration | None = None
         self._published: Snapshot = {}
         self._task: asyncio.Task[None] | None = None
@@ -110,11 +114,13 @@ class TritonRegistrar:
         """Triton's models and version, or None when it does not answer ready."""
         timeout = self.settings.call_timeout_s
         try:
-            ready = await self._triton.ServerReady(oip.ServerReadyRequest(), timeout=timeout)
+            ready = await self._triton.ServerReady(oip.ServerReadyRequest(), timeout=timeout, metadata=self._metadata)
             if not ready.ready:
                 return None
-            index = await self._triton.RepositoryIndex(oip.RepositoryIndexRequest(), timeout=timeout)
-            meta = await self._triton.ServerMetadata(oip.ServerMetadataRequest(), timeout=timeout)
+            index = await self._triton.RepositoryIndex(oip.RepositoryIndexRequest(), timeout=timeout,
+                                                      metadata=self._metadata)
+            meta = await self._triton.ServerMetadata(oip.ServerMetadataRequest(), timeout=timeout,
+                                                    metadata=self._metadata)
             seen: Snapshot = {}
             for m in index.models:
                 state, reason = placement_state(m.state, m.reason)
@@ -134,7 +140,7 @@ class TritonRegistrar:
             try:
                 config = await self._model_config(
                     service_pb2.ModelConfigRequest(name=model.name, version=model.version),
-                    timeout=self.settings.call_timeout_s,
+                    timeout=self.settings.call_timeout_s, metadata=self._metadata,
                 )
             except grpc.aio.AioRpcError as e:  # asked again at the next look
                 log.debug("no config of %s version %s from Triton yet: %s", model.name, model.version, e.details())

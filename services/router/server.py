@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 import grpc
@@ -11,9 +12,11 @@ import grpc
 from meshserve import tracing
 from meshserve.audit.publisher import EventPublisher
 from meshserve.audit.spool import Spool
+from meshserve.auth import mesh as mesh_credential
 from meshserve.auth.access import Access
 from meshserve.auth.jwt_settings import verifier_from_settings
 from meshserve.auth.limits import RateLimiter
+from meshserve.errors import MeshError
 from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
@@ -62,7 +65,8 @@ class Router:
         self.metrics = RouterMetrics()
         self.metrics_server = MetricsServer(self.metrics.registry)
         self.pool = ConnectionPool(settings.max_message_bytes, settings.use_link, eject_s=settings.eject_s,
-                                   breaker_failures=settings.breaker_failures)
+                                   breaker_failures=settings.breaker_failures,
+                                   credential=mesh_credential.read_optional(settings.mesh_credential_file))
         self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed)
         placer = Placer(self.cache, self.pool, load_timeout_s=settings.load_wait_s, metrics=self.metrics)
         resolver = Resolver(self.cache, placer)
@@ -155,4 +159,8 @@ async def serve(settings: RouterSettings) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(RouterSettings, argv, prog="meshserve router")
     setup_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except MeshError as e:  # an unreadable mesh credential, etcd not answering: one line, no traceback
+        log.error("%s", e.message)
+        sys.exit(1)
