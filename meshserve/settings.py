@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings
 
 from meshserve import tls
 from meshserve.errors import MeshError
+from meshserve.registry.etcd import EtcdCredentials
 
 MiB = 1024 * 1024
 
@@ -54,6 +55,10 @@ class ServiceSettings(BaseSettings):
 
     # Runtimes answer mesh services only: with TLS on, a caller must present a mesh certificate.
     require_client_cert: ClassVar[bool] = False
+
+    def etcd_credentials(self) -> EtcdCredentials | None:
+        """The etcd user this service connects as (None: no etcd authentication, or TLS certificates)."""
+        return EtcdCredentials.from_file(self.etcd_user, self.etcd_password_file)
 
 
 class MeshCredentialSettings(BaseSettings):

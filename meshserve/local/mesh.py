@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -25,11 +27,13 @@ from types import TracebackType
 
 from meshserve import pipelines, tls
 from meshserve.auth import mesh as mesh_credential
-from meshserve.errors import REFUSALS, MeshError
+from meshserve.errors import REFUSALS, MeshError, Unauthenticated
 from meshserve.local import triton
 from meshserve.local.etcd import EtcdServer
 from meshserve.local.nats import NatsServer
 from meshserve.local.process import ManagedProcess, start_service
+from meshserve.registry import etcd_auth
+from meshserve.registry.etcd import EtcdCredentials, connect
 from meshserve.tls import certs
 
 log = logging.getLogger(__name__)
@@ -273,14 +277,76 @@ class LocalMesh:
     def _start_etcd(self) -> str:
         self._prepare_dir()
         etcd = EtcdServer(self.data_dir, self.log_dir / "etcd.log", host=self.config.host,
-                          tls_files=self.tls_files("etcd") if self.config.tls else None)
+                          tls_files=self.tls_files("etcd") if self.config.tls else None,
+                          signed_tokens=not self.config.dev_mode)
         etcd.port = self._port(self.config.etcd_port, DEFAULT_ETCD_PORT)
         self.etcd = etcd
         self._stops.append(("etcd", etcd.stop))
         etcd.start(timeout=self.config.start_timeout_s)
         assert etcd.process is not None
         self._children["etcd"] = etcd.process
+        if not self.config.dev_mode:
+            asyncio.run(self._secure_etcd())
         return etcd.endpoint
+
+    # -- etcd's users (outside dev mode; see meshserve.registry.etcd_auth) -------------
+
+    def runtime_ids(self) -> dict[str, str]:
+        """The registry id of each runtime this mesh starts, by process name (fixed outside dev mode,
+        where each runtime's etcd user may write that runtime's records only)."""
+        if self.config.dev_mode:
+            return {}
+        suffix = f"{socket.gethostname()}-{os.getpid()}"
+        return {"runtime": f"python-{suffix}", "r-runtime": f"r-{suffix}", "triton-registrar": f"triton-{suffix}"}
+
+    def _etcd_users(self) -> tuple[str, ...]:
+        return (etcd_auth.OPERATOR, etcd_auth.ROUTER, etcd_auth.AUDIT, *self.runtime_ids())
+
+    def _password_file(self, user: str) -> Path:
+        return self.secrets_dir / f"etcd-{user}.password"
+
+    def _password(self, user: str) -> str:
+        """The etcd password of ``user`` (made on first use, kept with a kept data directory)."""
+        path = self._password_file(user)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(24) + "\n")
+        return path.read_text().strip()
+
+    def etcd_credentials(self, user: str) -> EtcdCredentials | None:
+        """How ``user`` connects to etcd: a password in plain text; under TLS its certificate names it."""
+        if self.config.dev_mode or self.config.tls:
+            return None
+        return EtcdCredentials(user, self._password(user))
+
+    def _etcd_flags(self, user: str) -> list[str]:
+        if self.etcd_credentials(user) is None:
+            return []
+        return ["--etcd-user", user, "--etcd-password-file", str(self._password_file(user))]
+
+    def operator_env(self) -> dict[str, str]:
+        """Environment for meshserve commands run against this mesh as its operator (etcd's user)."""
+        if self.etcd_credentials(etcd_auth.OPERATOR) is None:
+            return {}
+        return {"MESHSERVE_ETCD_USER": etcd_auth.OPERATOR,
+                "MESHSERVE_ETCD_PASSWORD_FILE": str(self._password_file(etcd_auth.OPERATOR))}
+
+    async def _secure_etcd(self) -> None:
+        """Turn etcd's authentication on with one user per component (done already on a kept data directory)."""
+        root = EtcdCredentials(etcd_auth.ROOT_USER, self._password(etcd_auth.ROOT_USER))
+        try:
+            client = await connect(self.etcd_endpoint, wait=self.config.start_timeout_s)
+        except Unauthenticated:  # on already
+            client = await connect(self.etcd_endpoint, wait=self.config.start_timeout_s, credentials=root)
+        try:
+            passwords = {user: None if self.config.tls else self._password(user) for user in self._etcd_users()}
+            ids = self.runtime_ids()
+            await etcd_auth.setup(client, passwords, runtimes={user: ids[user] for user in ids},
+                                  root_password=root.password)
+        finally:
+            await client.close()
 
     def _start_nats(self) -> str:
         # The broker only carries the audit trail here: inference on this host comes first.
@@ -295,10 +361,17 @@ class LocalMesh:
         return nats.url
 
     def _service(self, name: str, module: str, args: list[str], cert: str = "") -> dict[str, object]:
-        """Start a meshserve service and wait for its announce file (TLS: certificate ``cert``, else ``name``)."""
+        """Start a meshserve service and wait for its announce file.
+
+        Under TLS it presents certificate ``cert`` (default ``name``); with etcd's authentication
+        on it connects to etcd as the user of that name.
+        """
+        user = cert or name
+        runtime_id = self.runtime_ids().get(name)
         proc, info = start_service(
             name, module, ["--host", self.config.host, "--log-level", self.config.log_level,
-                           *self._tls_flags(cert or name), *self._trace_flags(),
+                           *self._tls_flags(user), *self._trace_flags(), *self._etcd_flags(user),
+                           *(["--runtime-id", runtime_id] if runtime_id else []),
                            *args], self.data_dir,
             timeout=self.config.start_timeout_s, env=self.config.extra_env or None,
             log_path=self.log_dir / f"{name}.log",

@@ -24,7 +24,7 @@ from meshserve.protos.meshserve.audit.v1 import audit_pb2
 from meshserve.protos.meshserve.auth.v1 import auth_pb2
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
-from meshserve.registry.etcd import connect
+from meshserve.registry.etcd import EtcdCredentials, connect
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,9 @@ class ModelView:
 class RegistryCache:
     """In-memory registry view, kept current by an etcd watch."""
 
-    def __init__(self, endpoint: str, on_change: Callable[[set[str]], None] | None = None) -> None:
+    def __init__(self, endpoint: str, on_change: Callable[[set[str]], None] | None = None, *,
+                 credentials: EtcdCredentials | None = None) -> None:
+        self.credentials = credentials
         self.endpoint = endpoint
         self.runtimes: dict[str, pb.Runtime] = {}
         self.placements: dict[tuple[str, str, str], pb.Placement] = {}
@@ -100,7 +102,7 @@ class RegistryCache:
         self.synced = asyncio.Event()
 
     async def start(self, *, wait: float = 10.0) -> None:
-        self._client = await connect(self.endpoint, wait=wait)
+        self._client = await connect(self.endpoint, wait=wait, credentials=self.credentials)
         await self._load_snapshot()
         self._task = asyncio.create_task(self._watch_forever(), name="registry-watch")
 

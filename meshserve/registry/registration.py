@@ -18,7 +18,7 @@ import aetcd
 
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
-from meshserve.registry.etcd import connect
+from meshserve.registry.etcd import EtcdCredentials, connect
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,9 @@ def now_ms() -> int:
 class Registration:
     """Keeps one runtime and its placements in etcd for as long as the runtime lives."""
 
-    def __init__(self, endpoint: str, runtime: pb.Runtime, *, ttl: int = 5) -> None:
+    def __init__(self, endpoint: str, runtime: pb.Runtime, *, ttl: int = 5,
+                 credentials: EtcdCredentials | None = None) -> None:
+        self.credentials = credentials
         self.endpoint = endpoint
         self.runtime = runtime
         self.ttl = ttl
@@ -43,7 +45,7 @@ class Registration:
         self._dirty = False
 
     async def start(self, *, wait: float = 10.0) -> None:
-        self._client = await connect(self.endpoint, wait=wait)
+        self._client = await connect(self.endpoint, wait=wait, credentials=self.credentials)
         async with self._lock:
             await self._register_all()
         self._keeper = asyncio.create_task(self._keep_alive(), name="registry-keepalive")

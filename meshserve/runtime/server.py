@@ -197,7 +197,8 @@ class RuntimeServer:
             link_address=self.settings.advertised(self.link_address),
             memory_budget_bytes=self.repository.residency.budget_bytes,
         )
-        self.registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s)
+        self.registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s,
+                                         credentials=self.settings.etcd_credentials())
         for entry in self.repository.entries():
             await self.registration.publish(placement(entry))
         await self.registration.start(wait=self.settings.etcd_wait_s)

@@ -183,7 +183,8 @@ class TritonRegistrar:
     async def _join(self, seen: Snapshot, version: str) -> None:
         runtime = pb.Runtime(id=self.runtime_id, kind=KIND, address=self.address, started_at_unix_ms=now_ms(),
                              version=version, labels={"server": "triton"})
-        registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s)
+        registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s,
+                                    credentials=self.settings.etcd_credentials())
         for key, value in seen.items():
             await registration.publish(self._placement(key, value))
         await registration.start(wait=self.settings.etcd_wait_s)

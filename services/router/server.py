@@ -67,7 +67,8 @@ class Router:
         self.pool = ConnectionPool(settings.max_message_bytes, settings.use_link, eject_s=settings.eject_s,
                                    breaker_failures=settings.breaker_failures,
                                    credential=mesh_credential.read_optional(settings.mesh_credential_file))
-        self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed)
+        self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed,
+                                   credentials=settings.etcd_credentials())
         placer = Placer(self.cache, self.pool, load_timeout_s=settings.load_wait_s, metrics=self.metrics)
         resolver = Resolver(self.cache, placer)
         self.scaler = Scaler(self.cache, placer, target_calls_per_s=settings.scale_calls_per_s,
