@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings
 
 from meshserve import tls
 from meshserve.errors import MeshError
-from meshserve.registry.etcd import EtcdCredentials
+from meshserve.registry.etcd_token import EtcdCredentials
 
 MiB = 1024 * 1024
 

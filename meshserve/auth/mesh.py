@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import secrets
 import stat
 import time
@@ -32,6 +31,7 @@ from typing import Any
 import grpc
 
 from meshserve.errors import FailedPrecondition, Unauthenticated
+from meshserve.secretfiles import write_private
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,7 @@ def generate() -> str:
 def write(path: Path, credential: str | None = None) -> str:
     """Write a credential (a new one by default) to ``path``, readable by its owner only."""
     credential = credential or generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(credential + "\n")
+    write_private(path, (credential + "\n").encode())
     return credential
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import socket
 from pathlib import Path
@@ -12,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshserve.local.process import ManagedProcess, ProcessFailed, free_port
+from meshserve.secretfiles import write_private
 
 # How long an etcd token lasts; clients renew theirs well before (meshserve.registry.etcd).
 TOKEN_LIFETIME = "1h"  # noqa: S105 - a duration, not a secret
@@ -92,10 +92,8 @@ class EtcdServer:
             key = ec.generate_private_key(ec.SECP256R1())
             public.write_bytes(key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-            fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+            write_private(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
         return public, private
 
     def start(self, timeout: float = 20.0) -> None:

@@ -15,7 +15,6 @@ import asyncio
 import functools
 import logging
 import os
-import secrets
 import shutil
 import socket
 import tempfile
@@ -33,7 +32,9 @@ from meshserve.local.etcd import EtcdServer
 from meshserve.local.nats import NatsServer
 from meshserve.local.process import ManagedProcess, start_service
 from meshserve.registry import etcd_auth
-from meshserve.registry.etcd import EtcdCredentials, connect
+from meshserve.registry.etcd import connect
+from meshserve.registry.etcd_token import EtcdCredentials
+from meshserve.secretfiles import read_or_make
 from meshserve.tls import certs
 
 log = logging.getLogger(__name__)
@@ -307,13 +308,7 @@ class LocalMesh:
 
     def _password(self, user: str) -> str:
         """The etcd password of ``user`` (made on first use, kept with a kept data directory)."""
-        path = self._password_file(user)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(24) + "\n")
-        return path.read_text().strip()
+        return read_or_make(self._password_file(user))
 
     def etcd_credentials(self, user: str) -> EtcdCredentials | None:
         """How ``user`` connects to etcd: a password in plain text; under TLS its certificate names it."""
@@ -340,11 +335,12 @@ class LocalMesh:
             client = await connect(self.etcd_endpoint, wait=self.config.start_timeout_s)
         except Unauthenticated:  # on already
             client = await connect(self.etcd_endpoint, wait=self.config.start_timeout_s, credentials=root)
+        ids = self.runtime_ids()
+        users = [etcd_auth.User(name, None if self.config.tls else self._password(name),
+                                f"{etcd_auth.SHARED_RUNTIME}:{ids[name]}" if name in ids else name)
+                 for name in self._etcd_users()]
         try:
-            passwords = {user: None if self.config.tls else self._password(user) for user in self._etcd_users()}
-            ids = self.runtime_ids()
-            await etcd_auth.setup(client, passwords, runtimes={user: ids[user] for user in ids},
-                                  root_password=root.password)
+            await etcd_auth.setup(client, users, root_password=root.password)
         finally:
             await client.close()
 

@@ -24,7 +24,8 @@ from meshserve.protos.meshserve.audit.v1 import audit_pb2
 from meshserve.protos.meshserve.auth.v1 import auth_pb2
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
-from meshserve.registry.etcd import EtcdCredentials, connect
+from meshserve.registry.etcd import connect
+from meshserve.registry.etcd_token import EtcdCredentials
 
 log = logging.getLogger(__name__)
 

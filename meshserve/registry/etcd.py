@@ -7,7 +7,6 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,8 +15,9 @@ import grpc
 from aetcd import rpc, watcher
 
 from meshserve import tls
-from meshserve.errors import FailedPrecondition, PermissionDenied, Unauthenticated, Unavailable
+from meshserve.errors import PermissionDenied, Unauthenticated, Unavailable
 from meshserve.registry import keys
+from meshserve.registry.etcd_token import EtcdCredentials, TokenKeeper
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,43 +42,18 @@ def split_endpoint(endpoint: str) -> tuple[str, int]:
     return host, int(port)
 
 
-@dataclass(frozen=True)
-class EtcdCredentials:
-    """An etcd user and its password (see :mod:`meshserve.registry.etcd_auth`)."""
-
-    user: str
-    password: str = field(repr=False)
-
-    @classmethod
-    def from_file(cls, user: str, password_file: Path | None) -> EtcdCredentials | None:
-        """The user with the password in ``password_file``; None without a user."""
-        if not user:
-            return None
-        if password_file is None:
-            raise FailedPrecondition(f"etcd user {user!r} needs a password file (--etcd-password-file)")
-        try:
-            password = password_file.read_text().strip()
-        except OSError as e:
-            raise FailedPrecondition(f"cannot read the etcd password file {password_file}: {e.strerror}") from e
-        return cls(user, password)
-
-
-# Authenticated clients ask for a fresh token this often (etcd's tokens expire; see EtcdServer).
-TOKEN_REFRESH_S = 600.0
-
-
 class _Client(aetcd.Client):  # type: ignore[misc]
     """An aetcd client over TLS with the process's mesh identity (https:// endpoints), authenticated
-    as an etcd user when given credentials, its token renewed in the background.
+    as an etcd user when given credentials, its token kept valid (see :mod:`.etcd_token`).
 
-    aetcd opens plain-text channels and authenticates once: this opens the channel itself and
-    keeps the token fresh (the watcher keeps its own copy of the token's metadata).
+    aetcd opens plain-text channels and authenticates once: this opens the channel itself.
     """
 
     def __init__(self, *, use_tls: bool, credentials: EtcdCredentials | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._use_tls = use_tls
         self._credentials = credentials
+        self._keeper = TokenKeeper(self._authenticate) if credentials is not None else None
         self._refresh: asyncio.Task[None] | None = None
 
     async def connect(self) -> None:
@@ -86,22 +61,25 @@ class _Client(aetcd.Client):  # type: ignore[misc]
             return
         target = f"{self._host}:{self._port}"
         options = list(self._options.items())
-        channel = tls.aio_channel(target, options) if self._use_tls else grpc.aio.insecure_channel(target, options)
+        interceptors = self._keeper.interceptors() if self._keeper is not None else []
+        channel = (tls.aio_channel(target, options, interceptors) if self._use_tls
+                   else grpc.aio.insecure_channel(target, options, interceptors=interceptors or None))
         self.channel = channel
         self.auth_stub = rpc.AuthStub(channel)
-        self.metadata = await self._token()
+        self.metadata = None  # the token travels through the keeper
+        if self._keeper is not None:
+            await self._keeper.renew()
+            if self._refresh is None:
+                self._refresh = asyncio.create_task(self._keeper.keep_fresh(), name="etcd-token")
         self.kvstub = rpc.KVStub(channel)
         self.clusterstub = rpc.ClusterStub(channel)
         self.leasestub = rpc.LeaseStub(channel)
         self.maintenancestub = rpc.MaintenanceStub(channel)
-        self._watcher = watcher.Watcher(rpc.WatchStub(channel), timeout=self._timeout, metadata=self.metadata)
-        if self._credentials is not None and self._refresh is None:
-            self._refresh = asyncio.create_task(self._keep_token_fresh(), name="etcd-token")
+        self._watcher = watcher.Watcher(rpc.WatchStub(channel), timeout=self._timeout, metadata=None)
         self._connected.set()
 
-    async def _token(self) -> tuple[tuple[str, str], ...] | None:
-        if self._credentials is None:
-            return None
+    async def _authenticate(self) -> str:
+        assert self._credentials is not None
         try:
             reply = await self.auth_stub.Authenticate(
                 rpc.AuthenticateRequest(name=self._credentials.user, password=self._credentials.password),
@@ -111,18 +89,7 @@ class _Client(aetcd.Client):  # type: ignore[misc]
                 raise aetcd.exceptions.ConnectionFailedError(e.details()) from e
             raise aetcd.exceptions.UnauthenticatedError(
                 f"etcd refused user {self._credentials.user!r}: {e.details()}") from e
-        return (("token", reply.token),)
-
-    async def _keep_token_fresh(self) -> None:
-        while True:
-            await asyncio.sleep(TOKEN_REFRESH_S)
-            try:
-                self.metadata = await self._token()
-                if self._watcher is not None:
-                    self._watcher._metadata = self.metadata  # aetcd's watcher copies it at connect
-            except Exception as e:  # noqa: BLE001 - the old token serves meanwhile; try again soon
-                log.warning("renewing the etcd token of %s failed (%s); trying again", self._credentials, e)
-                await asyncio.sleep(5.0)
+        return str(reply.token)
 
     async def close(self) -> None:
         if self._refresh is not None:

@@ -28,7 +28,7 @@ idempotent (a mesh restarted on its data directory finds it done).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ import aetcd
 import grpc
 from aetcd import rpc
 
-from meshserve.errors import FailedPrecondition
+from meshserve.errors import FailedPrecondition, InvalidArgument
 from meshserve.registry import keys
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,26 @@ def runtime_grants(runtime_id: str) -> tuple[Grant, ...]:
     return (_PROBE, Grant(keys.RUNTIMES + runtime_id, prefix=False), Grant(f"{keys.PLACEMENTS}{runtime_id}/"))
 
 
+def grants(role: str) -> tuple[Grant, ...]:
+    """The grants of a role: ``operator``, ``router``, ``audit``, ``runtime`` (any runtime's records) or
+    ``runtime:ID`` (runtime ID's own); InvalidArgument naming the choices otherwise."""
+    if role in ROLES:
+        return ROLES[role]
+    kind, _, runtime_id = role.partition(":")
+    if kind == SHARED_RUNTIME and runtime_id and "/" not in runtime_id:
+        return runtime_grants(runtime_id)
+    raise InvalidArgument(f"no etcd role {role!r}: use {', '.join(ROLES)} or runtime:<runtime id>")
+
+
+@dataclass(frozen=True)
+class User:
+    """A mesh user of etcd: its password (None: named by a TLS certificate instead) and role."""
+
+    name: str
+    password: str | None
+    role: str
+
+
 def role_name(user: str) -> str:
     return f"meshserve-{user}"
 
@@ -99,33 +119,29 @@ async def _call(name: str, done: Awaitable[Any]) -> None:
         raise FailedPrecondition(f"setting up etcd's users failed at {name}: {e.details()}") from e
 
 
-async def setup(client: aetcd.Client, passwords: Mapping[str, str | None], *,
-                runtimes: Mapping[str, str] | None = None, root_password: str) -> None:
-    """Create the mesh's roles and users (``passwords``: user -> password, None for certificate users),
-    give the users named in ``runtimes`` (user -> runtime id) that runtime's records, and turn auth on.
+async def setup(client: aetcd.Client, users: Sequence[User], *, root_password: str) -> None:
+    """Create ``users``, each with a role of its own holding its grants, and turn authentication on.
 
-    ``client`` must be connected as root when auth is on already, else unauthenticated.
+    ``client`` must be connected as root when authentication is on already, else without a user.
     """
     auth = rpc.AuthStub(client.channel)
     md = client.metadata
-    grants = {**ROLES, **{user: runtime_grants(runtime_id) for user, runtime_id in (runtimes or {}).items()}}
+    planned = [(user, grants(user.role)) for user in users]  # every role checked before anything changes
     status = await auth.AuthStatus(rpc.AuthStatusRequest(), metadata=md)
-    for user, password in {ROOT_USER: root_password, **passwords}.items():
-        options = rpc.UserAddOptions(no_password=password is None)
-        await _call(f"user {user}", auth.UserAdd(rpc.AuthUserAddRequest(name=user, password=password or "",
-                                                                         options=options), metadata=md))
+    for user in (User(ROOT_USER, root_password, "root"), *users):
+        options = rpc.UserAddOptions(no_password=user.password is None)
+        await _call(f"user {user.name}", auth.UserAdd(rpc.AuthUserAddRequest(
+            name=user.name, password=user.password or "", options=options), metadata=md))
     await _call("the root role", auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user=ROOT_USER, role="root"),
                                                     metadata=md))
-    for user in passwords:
-        if user not in grants:
-            raise FailedPrecondition(f"no etcd role is defined for the mesh user {user!r}")
-        role = role_name(user)
+    for user, granted in planned:
+        role = role_name(user.name)
         await _call(f"role {role}", auth.RoleAdd(rpc.AuthRoleAddRequest(name=role), metadata=md))
-        for grant in grants[user]:
+        for grant in granted:
             await _call(f"role {role}", auth.RoleGrantPermission(
                 rpc.AuthRoleGrantPermissionRequest(name=role, perm=grant.permission()), metadata=md))
-        await _call(f"user {user}", auth.UserGrantRole(rpc.AuthUserGrantRoleRequest(user=user, role=role),
-                                                       metadata=md))
+        await _call(f"user {user.name}", auth.UserGrantRole(
+            rpc.AuthUserGrantRoleRequest(user=user.name, role=role), metadata=md))
     if not status.enabled:
         await _call("enabling auth", auth.AuthEnable(rpc.AuthEnableRequest(), metadata=md))
-        log.info("etcd authentication on: %d mesh users", len(passwords))
+        log.info("etcd authentication on: %d mesh users", len(users))

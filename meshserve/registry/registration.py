@@ -18,7 +18,8 @@ import aetcd
 
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
-from meshserve.registry.etcd import EtcdCredentials, connect
+from meshserve.registry.etcd import connect
+from meshserve.registry.etcd_token import EtcdCredentials
 
 log = logging.getLogger(__name__)
 

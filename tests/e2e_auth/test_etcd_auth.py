@@ -23,11 +23,13 @@ from e2e.helpers import ROOT, rpc_error
 from e2e_auth.helpers import MESHSERVE, keyed_mesh
 from meshserve import tls
 from meshserve.errors import PermissionDenied, Unauthenticated
+from meshserve.local.etcd import EtcdServer
 from meshserve.local.mesh import LocalMesh, MeshConfig
 from meshserve.oip import build_request
 from meshserve.protos.inference import grpc_service_pb2_grpc as oip_grpc
 from meshserve.registry import keys
-from meshserve.registry.etcd import EtcdCredentials, connect
+from meshserve.registry.etcd import connect
+from meshserve.registry.etcd_token import EtcdCredentials
 from meshserve.tls import certs
 
 IRIS = {"features": np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)}
@@ -130,3 +132,20 @@ def test_under_tls_etcd_users_are_the_mesh_certificates(tmp_path: Path) -> None:
                 asyncio.run(connect(running.etcd_endpoint, wait=2))
         finally:
             tls.install(tls.from_paths(*running.tls_files("operator")))
+
+
+def test_meshserve_secrets_sets_up_users_on_an_etcd_it_did_not_start(private_etcd: EtcdServer, tmp_path: Path) -> None:
+    """What a Compose or Kubernetes init job runs: the same users and ranges, passwords made in a folder."""
+    command = [MESHSERVE, "secrets", "etcd-users", "--etcd", private_etcd.endpoint, "--root-password-file",
+               str(tmp_path / "root.password"), "--password-dir", str(tmp_path), "--user", "router=router",
+               "--user", "runtime-a=runtime:python-a"]
+    for _ in range(2):  # idempotent: a second run finds everything made
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "etcd-router.password").stat().st_mode & 0o077 == 0
+    own, other = keys.runtime_key("python-a"), keys.runtime_key("python-b")
+    runtime = EtcdCredentials.from_file("runtime-a", tmp_path / "etcd-runtime-a.password")
+    assert _writes(private_etcd.endpoint, runtime, [own, other]) == {own: True, other: False}
+    bad = subprocess.run([*command[:-4], "--user", "router=superuser"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert bad.returncode != 0 and "no etcd role 'superuser'" in bad.stderr
