@@ -59,9 +59,9 @@ def main() -> int:
     try:
         with EtcdServer(folder, folder / "etcd.log") as etcd, \
                 service(folder, "runtime", "meshserve.runtimes.python", "--etcd-endpoint", etcd.endpoint,
-                        "--model-repository", str(repository), "--load", ""), \
+                        "--model-repository", str(repository), "--load", "", "--dev-mode"), \
                 service(folder, "r-runtime", "meshserve.runtimes.r", "--etcd-endpoint", etcd.endpoint,
-                        "--model-repository", str(repository), "--load", ""), \
+                        "--model-repository", str(repository), "--load", "", "--dev-mode"), \
                 service(folder, "router", "meshserve.services.router", "--etcd-endpoint", etcd.endpoint,
                         "--dev-mode") as router, \
                 grpc.insecure_channel(router) as channel:

@@ -92,11 +92,11 @@ def main() -> int:
         with EtcdServer(folder / "a", folder / "a.log") as etcd_a, \
                 EtcdServer(folder / "b", folder / "b.log") as etcd_b, \
                 service(folder, "r2", "meshserve.runtimes.r", "--pool-size", "2", "--etcd-endpoint", etcd_a.endpoint,
-                        "--model-repository", str(repository)) as two, \
+                        "--model-repository", str(repository), "--dev-mode") as two, \
                 service(folder, "router", "meshserve.services.router", "--etcd-endpoint", etcd_a.endpoint,
                         "--dev-mode") as router, \
                 service(folder, "r1", "meshserve.runtimes.r", "--pool-size", "1", "--etcd-endpoint", etcd_b.endpoint,
-                        "--model-repository", str(repository)) as one:
+                        "--model-repository", str(repository), "--dev-mode") as one:
             with floor_server(call_once(two, request)) as floor_address:
                 floor = measure(floor_address, request, 1)
             direct = measure(two, request, 1)

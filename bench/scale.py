@@ -152,6 +152,7 @@ def start_runtime(name: str, repository: Path, mesh: LocalMesh) -> tuple[Managed
     proc, info = start_service(runtime_id, "meshserve.runtimes.python", [
         "--port", "0", "--model-repository", str(repository), "--etcd-endpoint", mesh.etcd_endpoint,
         "--lease-ttl-s", str(LEASE_TTL_S), "--runtime-id", runtime_id, "--log-level", "WARNING",
+        *mesh.mesh_flags(),
     ], mesh.data_dir, log_path=mesh.log_dir / f"{runtime_id}.log", timeout=120)
     return proc, str(info["address"]), runtime_id
 

@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings
 
 from meshserve.errors import MeshError
+from meshserve.registry.etcd_token import EtcdCredentials
 from meshserve.tls import MeshTls, from_paths
 
 MiB = 1024 * 1024
@@ -31,6 +32,10 @@ class ServiceSettings(BaseSettings):
     port: int = Field(0, description="port to listen on; 0 picks a free one")
     etcd_endpoint: str = Field("127.0.0.1:2379", description="etcd host:port holding the registry")
     etcd_wait_s: float = Field(10.0, description="how long to wait for etcd at start-up before giving up")
+    etcd_user: str = Field(
+        "", description="etcd user this service authenticates as, with etcd_password_file (etcd with authentication "
+        "on; under TLS etcd takes the user from the certificate's name instead)")
+    etcd_password_file: Path | None = Field(None, description="file holding the etcd user's password")
     max_message_bytes: int = Field(64 * MiB, description="largest gRPC message accepted or sent")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     announce_file: Path | None = Field(
@@ -60,6 +65,18 @@ class ServiceSettings(BaseSettings):
         """
         return from_paths(self.tls_ca, self.tls_cert, self.tls_key)
 
+    def etcd_credentials(self) -> EtcdCredentials | None:
+        """The etcd user this service connects as (None: no etcd authentication, or TLS certificates)."""
+        return EtcdCredentials.from_file(self.etcd_user, self.etcd_password_file)
+
+
+class MeshCredentialSettings(BaseSettings):
+    """The mesh credential of a service that calls runtimes or is one (see meshserve/auth/mesh.py)."""
+
+    mesh_credential_file: Path | None = Field(
+        None, description="file holding the mesh credential: routers present it on every call to a runtime, and a "
+        "runtime given one refuses every call without it (plain-text meshes; `meshserve up --no-dev-mode` makes it)")
+
 
 class MetricsSettings(BaseSettings):
     """The Prometheus endpoint of a service that serves one (see meshserve/metrics.py)."""
@@ -69,7 +86,7 @@ class MetricsSettings(BaseSettings):
         "-1 disables it")
 
 
-class RuntimeSettings(ServiceSettings):
+class RuntimeSettings(MeshCredentialSettings, ServiceSettings):
     """Fields every runtime has, beyond those of a service."""
 
     require_client_cert: ClassVar[bool] = True

@@ -11,8 +11,9 @@ members) a wildcard under their headless Service. An existing CA is kept; certif
 are issued only where missing, unless --renew.
 
 kustomize (deploy/kubernetes/kustomization.yaml) puts ca.crt and each NAME.crt/NAME.key
-into a Secret; ca.key never leaves this folder: keep it offline. `operator.crt` is for
-people running `meshserve` commands against the cluster (MESHSERVE_TLS_CA/_CERT/_KEY).
+into a Secret, and etcd-root.password (made here) into the etcd-users Job's; ca.key never
+leaves this folder: keep it offline. `operator.crt` is for people running `meshserve`
+commands against the cluster (MESHSERVE_TLS_CA/_CERT/_KEY), and for the etcd-users Job.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from meshserve.secretfiles import read_or_make
 from meshserve.tls import certs
 
 HERE = Path(__file__).resolve().parent
@@ -60,6 +62,8 @@ def make(directory: Path, namespace: str, domain: str, router_hosts: tuple[str, 
             hosts += router_hosts
         if renew or not (directory / f"{name}.crt").exists():
             written.append(certs.issue(directory, name, hosts).cert)
+    # etcd root's password, for the etcd-users Job (every other etcd user is named by its certificate).
+    read_or_make(directory / "etcd-root.password")
     return written
 
 

@@ -28,6 +28,7 @@ from meshserve.cli.infer import infer
 from meshserve.cli.pipelines import pipeline_app
 from meshserve.cli.registry import models_app, runtimes
 from meshserve.cli.routes import alias_app, route_app
+from meshserve.cli.secrets import secrets_app
 from meshserve.cli.services import PASS_THROUGH, router, runtime_app
 from meshserve.cli.top import top
 from meshserve.cli.up import up
@@ -63,6 +64,7 @@ app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
 app.add_typer(certs_app, name="certs")
+app.add_typer(secrets_app, name="secrets")
 
 
 if __name__ == "__main__":

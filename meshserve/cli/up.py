@@ -205,6 +205,12 @@ def up(
         else:
             console.print("[bold yellow]PLAIN TEXT:[/] services talk without TLS; pass --tls for a mesh CA and "
                           "TLS on every link.")
+        if operator := mesh.operator_env():
+            console.print("etcd requires a user: runtimes and routers have their own. Commands in another shell "
+                          "that change the registry (keys, policy, audit policy, models register) need the "
+                          "operator's:")
+            console.print("export " + " ".join(f"{k}={v}" for k, v in operator.items()), markup=False,
+                          soft_wrap=True)
         console.print("try:")
         console.print(grpcurl_command(mesh.router_address, mesh.tls_files("operator")[0] if tls else None),
                       markup=False, soft_wrap=True)

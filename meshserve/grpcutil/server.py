@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +64,9 @@ class ServiceServer:
     (:mod:`meshserve.tracing`), their calls get server spans.
     """
 
-    def __init__(self, service_names: Iterable[str], *, max_message_bytes: int) -> None:
-        self.server = grpc.aio.server(options=server_options(max_message_bytes))
+    def __init__(self, service_names: Iterable[str], *, max_message_bytes: int,
+                 interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
+        self.server = grpc.aio.server(options=server_options(max_message_bytes), interceptors=interceptors or None)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.service_names = [*service_names, health.SERVICE_NAME]

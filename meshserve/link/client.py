@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import grpc
 
 from meshserve import tracing
+from meshserve.auth import mesh as mesh_credential
 from meshserve.errors import DeadlineExceeded, Internal, Unavailable, error_for, too_large
 from meshserve.link import frames
 from meshserve.link.frames import FrameReader, ProtocolError
@@ -24,9 +25,11 @@ LINK_SYSTEM = "meshserve_link"  # the spans' rpc.system
 class LinkClient(frames.FramedProtocol):
     """One connection to a runtime's link; create with :meth:`connect`."""
 
-    def __init__(self, address: str, max_message_bytes: int) -> None:
+    def __init__(self, address: str, max_message_bytes: int, credential: str | None = None) -> None:
         self.address = address
         self.max_message_bytes = max_message_bytes
+        # The mesh credential, sent as metadata of every frame (see meshserve.auth.mesh).
+        self._credential_metadata = frames.encode_metadata(dict(mesh_credential.metadata(credential)))
         self._reader = FrameReader(max_message_bytes + frames.OVERHEAD, expect_magic=False)
         self._pending: dict[int, asyncio.Future[bytes]] = {}
         self._next_id = 0
@@ -37,14 +40,15 @@ class LinkClient(frames.FramedProtocol):
 
     @classmethod
     async def connect(cls, address: str, max_message_bytes: int, connect_timeout_s: float = 2.0, *,
-                      mesh_tls: MeshTls | None = None) -> LinkClient:
-        """Open a connection: TLS with ``mesh_tls`` (presenting its current certificate), plain text without."""
+                      mesh_tls: MeshTls | None = None, credential: str | None = None) -> LinkClient:
+        """Open a connection: TLS with ``mesh_tls`` (presenting its current certificate), plain text without;
+        every call presents ``credential``, the mesh credential, when given."""
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout_s):
                 _, client = await loop.create_connection(
-                    lambda: cls(address, max_message_bytes), host, int(port),
+                    lambda: cls(address, max_message_bytes, credential), host, int(port),
                     ssl=mesh_tls.client_context() if mesh_tls is not None else None)
         except (OSError, TimeoutError) as e:
             raise Unavailable(f"cannot connect to the mesh link at {address}: {e or type(e).__name__}") from e
@@ -123,8 +127,11 @@ class LinkClient(frames.FramedProtocol):
                 raise DeadlineExceeded("deadline exceeded before the call was forwarded")
             timeout_us = min(int(remaining_s * 1e6), 0xFFFFFFFF)
             timer = self._loop.call_later(remaining_s, _expire, future)
+        encoded = self._credential_metadata
+        if metadata:
+            encoded = frames.encode_metadata(metadata) + encoded
         head = frames.header(call_id, frames.REQUEST, len(payload), method=method, timeout_us=timeout_us,
-                             metadata=frames.encode_metadata(metadata) if metadata else b"")
+                             metadata=encoded)
         writer.send(head, payload)
         try:
             return await future

@@ -7,7 +7,14 @@ import shutil
 import socket
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from meshserve.local.process import ManagedProcess, ProcessFailed, free_port
+from meshserve.secretfiles import write_private
+
+# How long an etcd token lasts; clients renew theirs well before (meshserve.registry.etcd).
+TOKEN_LIFETIME = "1h"  # noqa: S105 - a duration, not a secret
 
 
 def etcd_binary() -> str:
@@ -42,13 +49,16 @@ class EtcdServer:
     """
 
     def __init__(self, data_dir: Path, log_path: Path, host: str = "127.0.0.1",
-                 tls_files: tuple[Path, Path, Path] | None = None) -> None:
+                 tls_files: tuple[Path, Path, Path] | None = None, signed_tokens: bool = False) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
         self.host = host
         self.port = 0
         self.process: ManagedProcess | None = None
         self.tls_files = tls_files  # (CA, certificate, key): clients must then present a mesh certificate
+        # With authentication on, etcd's tokens are signed (JWT) rather than kept in its memory, so
+        # clients' tokens outlive an etcd restart: a restarted etcd does not lock the mesh out.
+        self.signed_tokens = signed_tokens
 
     @property
     def endpoint(self) -> str:
@@ -68,7 +78,23 @@ class EtcdServer:
             ca, cert, key = self.tls_files
             argv += ["--trusted-ca-file", str(ca), "--cert-file", str(cert), "--key-file", str(key),
                      "--client-cert-auth"]
+        if self.signed_tokens:
+            public, private = self._token_keys()
+            argv += ["--auth-token", f"jwt,pub-key={public},priv-key={private},sign-method=ES256,ttl={TOKEN_LIFETIME}"]
         return argv
+
+    def _token_keys(self) -> tuple[Path, Path]:
+        """etcd's token signing key pair, made once in the data directory."""
+        folder = self.data_dir / "etcd-token-keys"
+        public, private = folder / "token.pub.pem", folder / "token.pem"
+        if not private.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            key = ec.generate_private_key(ec.SECP256R1())
+            public.write_bytes(key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+            write_private(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+        return public, private
 
     def start(self, timeout: float = 20.0) -> None:
         attempts = 3

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -24,11 +25,16 @@ from pathlib import Path
 from types import TracebackType
 
 from meshserve import pipelines
-from meshserve.errors import REFUSALS, MeshError
+from meshserve.auth import mesh as mesh_credential
+from meshserve.errors import REFUSALS, MeshError, Unauthenticated
 from meshserve.local import triton
 from meshserve.local.etcd import EtcdServer
 from meshserve.local.nats import NatsServer
 from meshserve.local.process import ManagedProcess, start_service
+from meshserve.registry import etcd_auth
+from meshserve.registry.etcd import connect
+from meshserve.registry.etcd_token import EtcdCredentials
+from meshserve.secretfiles import read_or_make
 from meshserve.tls import MeshTls, certs, from_paths
 
 log = logging.getLogger(__name__)
@@ -229,6 +235,30 @@ class LocalMesh:
         """(CA, certificate, key) of the mesh service ``name``."""
         return self.tls_dir / "ca.crt", self.tls_dir / f"{name}.crt", self.tls_dir / f"{name}.key"
 
+    @property
+    def secrets_dir(self) -> Path:
+        """The mesh's secrets (outside dev mode): the mesh credential, etcd passwords."""
+        return self.data_dir / "secrets"
+
+    @property
+    def mesh_credential_file(self) -> Path | None:
+        """The mesh credential's file that routers present and runtimes check (None in dev mode)."""
+        return None if self.config.dev_mode else self.secrets_dir / "mesh-credential"
+
+    def _mesh_credential(self) -> str | None:
+        """The mesh credential, made on first use (kept with a kept data directory)."""
+        path = self.mesh_credential_file
+        if path is None:
+            return None
+        return mesh_credential.read(path) if path.exists() else mesh_credential.write(path)
+
+    def mesh_flags(self, *, registrar: bool = False) -> list[str]:
+        """How a router, a runtime or Triton's registrar takes part in the check of who calls runtimes."""
+        if self.config.dev_mode:
+            return [] if registrar else ["--dev-mode"]
+        self._mesh_credential()
+        return ["--mesh-credential-file", str(self.mesh_credential_file)]
+
     def _tls_flags(self, name: str) -> list[str]:
         if not self.config.tls:
             return []
@@ -250,14 +280,72 @@ class LocalMesh:
     def _start_etcd(self) -> str:
         self._prepare_dir()
         etcd = EtcdServer(self.data_dir, self.log_dir / "etcd.log", host=self.config.host,
-                          tls_files=self.tls_files("etcd") if self.config.tls else None)
+                          tls_files=self.tls_files("etcd") if self.config.tls else None,
+                          signed_tokens=not self.config.dev_mode)
         etcd.port = self._port(self.config.etcd_port, DEFAULT_ETCD_PORT)
         self.etcd = etcd
         self._stops.append(("etcd", etcd.stop))
         etcd.start(timeout=self.config.start_timeout_s)
         assert etcd.process is not None
         self._children["etcd"] = etcd.process
+        if not self.config.dev_mode:
+            asyncio.run(self._secure_etcd())
         return etcd.endpoint
+
+    # -- etcd's users (outside dev mode; see meshserve.registry.etcd_auth) -------------
+
+    def runtime_ids(self) -> dict[str, str]:
+        """The registry id of each runtime this mesh starts, by process name (fixed outside dev mode,
+        where each runtime's etcd user may write that runtime's records only)."""
+        if self.config.dev_mode:
+            return {}
+        suffix = f"{socket.gethostname()}-{os.getpid()}"
+        return {"runtime": f"python-{suffix}", "r-runtime": f"r-{suffix}", "triton-registrar": f"triton-{suffix}"}
+
+    def _etcd_users(self) -> tuple[str, ...]:
+        return (etcd_auth.OPERATOR, etcd_auth.ROUTER, etcd_auth.AUDIT, *self.runtime_ids())
+
+    def _password_file(self, user: str) -> Path:
+        return self.secrets_dir / f"etcd-{user}.password"
+
+    def _password(self, user: str) -> str:
+        """The etcd password of ``user`` (made on first use, kept with a kept data directory)."""
+        return read_or_make(self._password_file(user))
+
+    def etcd_credentials(self, user: str) -> EtcdCredentials | None:
+        """How ``user`` connects to etcd: a password in plain text; under TLS its certificate names it."""
+        if self.config.dev_mode or self.config.tls:
+            return None
+        return EtcdCredentials(user, self._password(user))
+
+    def _etcd_flags(self, user: str) -> list[str]:
+        if self.etcd_credentials(user) is None:
+            return []
+        return ["--etcd-user", user, "--etcd-password-file", str(self._password_file(user))]
+
+    def operator_env(self) -> dict[str, str]:
+        """Environment for meshserve commands run against this mesh as its operator (etcd's user)."""
+        if self.etcd_credentials(etcd_auth.OPERATOR) is None:
+            return {}
+        return {"MESHSERVE_ETCD_USER": etcd_auth.OPERATOR,
+                "MESHSERVE_ETCD_PASSWORD_FILE": str(self._password_file(etcd_auth.OPERATOR))}
+
+    async def _secure_etcd(self) -> None:
+        """Turn etcd's authentication on with one user per component (done already on a kept data directory)."""
+        root = EtcdCredentials(etcd_auth.ROOT_USER, self._password(etcd_auth.ROOT_USER))
+        try:
+            client = await connect(self.etcd_endpoint, mesh_tls=self.mesh_tls, wait=self.config.start_timeout_s)
+        except Unauthenticated:  # on already
+            client = await connect(self.etcd_endpoint, mesh_tls=self.mesh_tls, wait=self.config.start_timeout_s,
+                                   credentials=root)
+        ids = self.runtime_ids()
+        users = [etcd_auth.User(name, None if self.config.tls else self._password(name),
+                                f"{etcd_auth.SHARED_RUNTIME}:{ids[name]}" if name in ids else name)
+                 for name in self._etcd_users()]
+        try:
+            await etcd_auth.setup(client, users, root_password=root.password)
+        finally:
+            await client.close()
 
     def _start_nats(self) -> str:
         # The broker only carries the audit trail here: inference on this host comes first.
@@ -272,10 +360,17 @@ class LocalMesh:
         return nats.url
 
     def _service(self, name: str, module: str, args: list[str], cert: str = "") -> dict[str, object]:
-        """Start a meshserve service and wait for its announce file (TLS: certificate ``cert``, else ``name``)."""
+        """Start a meshserve service and wait for its announce file.
+
+        Under TLS it presents certificate ``cert`` (default ``name``); with etcd's authentication
+        on it connects to etcd as the user of that name.
+        """
+        user = cert or name
+        runtime_id = self.runtime_ids().get(name)
         proc, info = start_service(
             name, module, ["--host", self.config.host, "--log-level", self.config.log_level,
-                           *self._tls_flags(cert or name), *self._trace_flags(),
+                           *self._tls_flags(user), *self._trace_flags(), *self._etcd_flags(user),
+                           *(["--runtime-id", runtime_id] if runtime_id else []),
                            *args], self.data_dir,
             timeout=self.config.start_timeout_s, env=self.config.extra_env or None,
             log_path=self.log_dir / f"{name}.log",
@@ -300,10 +395,9 @@ class LocalMesh:
         index = self.router_names().index(name)
         port = self.config.router_port + index if self.config.router_port else 0
         audit = ["--nats-url", self.nats_url, "--data-dir", str(self.data_dir / name)] if self.nats else []
-        dev = ["--dev-mode"] if self.config.dev_mode else []
         self._service(name, "meshserve.services.router",
                       ["--port", str(port), "--metrics-port", str(self._router_metrics_port(index)),
-                       "--etcd-endpoint", self.etcd_endpoint, *audit, *dev], cert="router")
+                       "--etcd-endpoint", self.etcd_endpoint, *audit, *self.mesh_flags()], cert="router")
         return self.addresses[name]
 
     def _router_metrics_port(self, index: int) -> int:
@@ -320,7 +414,7 @@ class LocalMesh:
 
     def _start_runtime(self) -> str:
         info = self._service("runtime", "meshserve.runtimes.python", [
-            "--port", str(self.config.runtime_port), "--etcd-endpoint", self.etcd_endpoint,
+            "--port", str(self.config.runtime_port), "--etcd-endpoint", self.etcd_endpoint, *self.mesh_flags(),
             "--model-repository", str(self.config.model_repository.resolve()),
         ])
         self.runtime_id = str(info.get("runtime_id", ""))
@@ -328,7 +422,8 @@ class LocalMesh:
 
     def _start_r_runtime(self) -> str:
         self._service("r-runtime", "meshserve.runtimes.r", [
-            "--etcd-endpoint", self.etcd_endpoint, "--model-repository", str(self.config.model_repository.resolve()),
+            "--etcd-endpoint", self.etcd_endpoint, *self.mesh_flags(),
+            "--model-repository", str(self.config.model_repository.resolve()),
             "--worker-log", str(self.log_dir / "r-workers.log"),
         ])
         return self.addresses["r-runtime"]
@@ -338,6 +433,7 @@ class LocalMesh:
         server = triton.TritonServer(self.config.triton_repository.resolve(), self.data_dir / "triton",
                                      self.log_dir / "triton.log", host=self.config.host,
                                      tls_files=self.tls_files("triton") if self.config.tls else None,
+                                     credential=self._mesh_credential(),
                                      extra_args=triton.trace_args(self.config.triton_trace_url,
                                                                   export_s=self.config.trace_export_s))
         self.triton = server
@@ -352,6 +448,7 @@ class LocalMesh:
         assert self.triton is not None
         self._service("triton-registrar", "meshserve.runtimes.triton", [
             "--etcd-endpoint", self.etcd_endpoint, "--triton-address", self.triton.address,
+            *self.mesh_flags(registrar=True),
         ])
         return self.triton.address
 

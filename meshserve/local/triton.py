@@ -27,6 +27,7 @@ from pathlib import Path
 
 import grpc
 
+from meshserve.auth import mesh as mesh_credential
 from meshserve.local.process import ManagedProcess, ProcessFailed, free_port
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.inference.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -87,10 +88,16 @@ def trace_args(url: str, rate: int = 1, export_s: float = 5.0) -> tuple[str, ...
     return tuple(arg for setting in config for arg in ("--trace-config", setting))
 
 
-def _ready(address: str, credentials: grpc.ChannelCredentials | None = None) -> bool:
+# Triton's protocol groups closed to callers without the mesh credential: all but health probes.
+RESTRICTED = "metadata,inference,shared-memory,model-config,model-repository,statistics,trace,logging"
+
+
+def _ready(address: str, credentials: grpc.ChannelCredentials | None = None,
+           metadata: tuple[tuple[str, str], ...] = ()) -> bool:
     try:
         with (grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)) as channel:
-            reply = GRPCInferenceServiceStub(channel).ServerReady(oip.ServerReadyRequest(), timeout=0.5)
+            reply = GRPCInferenceServiceStub(channel).ServerReady(oip.ServerReadyRequest(), timeout=0.5,
+                                                                  metadata=metadata)
             return bool(reply.ready)
     except grpc.RpcError:
         return False
@@ -105,7 +112,7 @@ class TritonServer:
 
     def __init__(self, model_repository: Path, data_dir: Path, log_path: Path, *, host: str = "127.0.0.1",
                  grpc_port: int = 0, explicit: bool = True, extra_args: tuple[str, ...] = (),
-                 tls_files: tuple[Path, Path, Path] | None = None) -> None:
+                 tls_files: tuple[Path, Path, Path] | None = None, credential: str | None = None) -> None:
         self.model_repository = model_repository
         self.data_dir = data_dir
         self.log_path = log_path
@@ -115,6 +122,8 @@ class TritonServer:
         self.explicit = explicit
         self.extra_args = extra_args
         self.tls_files = tls_files  # (CA, certificate, key): gRPC callers must then present a mesh certificate
+        # The mesh credential (meshserve.auth.mesh): callers must present it, but for health probes.
+        self.credential = credential
         self.process: ManagedProcess | None = None
 
     @property
@@ -137,6 +146,10 @@ class TritonServer:
             ca, cert, key = self.tls_files
             argv += ["--grpc-use-ssl=true", "--grpc-use-ssl-mutual=true", f"--grpc-root-cert={ca}",
                      f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"]
+        if self.credential:
+            # Triton reads this setting from its command line only (see docs/security.md).
+            check = f"{mesh_credential.HEADER}={self.credential}"
+            argv += [f"--grpc-restricted-protocol={RESTRICTED}:{check}", f"--http-restricted-api={RESTRICTED}:{check}"]
         return argv + list(self.extra_args)
 
     def _env(self) -> dict[str, str]:
@@ -158,7 +171,9 @@ class TritonServer:
             process = ManagedProcess("tritonserver", self._argv(backends), self.log_path, env=self._env())
             process.start()
             try:
-                process.wait_until(functools.partial(_ready, self.address, self._credentials()), timeout, "ready")
+                process.wait_until(functools.partial(_ready, self.address, self._credentials(),
+                                                     mesh_credential.metadata(self.credential, triton=True)),
+                                   timeout, "ready")
             except ProcessFailed:
                 process.stop()
                 if fixed or attempt == attempts - 1:

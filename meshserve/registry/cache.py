@@ -25,6 +25,7 @@ from meshserve.protos.meshserve.auth.v1 import auth_pb2
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
 from meshserve.registry.etcd import connect
+from meshserve.registry.etcd_token import EtcdCredentials
 from meshserve.tls import MeshTls
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ class RegistryCache:
     """In-memory registry view, kept current by an etcd watch."""
 
     def __init__(self, endpoint: str, on_change: Callable[[set[str]], None] | None = None,
-                 on_routers: Callable[[set[str]], None] | None = None, *, mesh_tls: MeshTls | None = None) -> None:
+                 on_routers: Callable[[set[str]], None] | None = None, *, mesh_tls: MeshTls | None = None,
+                 credentials: EtcdCredentials | None = None) -> None:
+        self.credentials = credentials
         self.endpoint = endpoint
         self._mesh_tls = mesh_tls  # for an https:// etcd
         self.runtimes: dict[str, pb.Runtime] = {}
@@ -106,7 +109,7 @@ class RegistryCache:
         self.synced = asyncio.Event()
 
     async def start(self, *, wait: float = 10.0) -> None:
-        self._client = await connect(self.endpoint, mesh_tls=self._mesh_tls, wait=wait)
+        self._client = await connect(self.endpoint, mesh_tls=self._mesh_tls, wait=wait, credentials=self.credentials)
         await self._load_snapshot()
         self._task = asyncio.create_task(self._watch_forever(), name="registry-watch")
 

@@ -22,7 +22,8 @@ def runtime_key(runtime_id: str) -> bytes:
 
 
 def placement_key(model: str, version: str, runtime_id: str) -> bytes:
-    return f"{PLACEMENTS}{model}/{version}/{runtime_id}".encode()
+    """Under the runtime's own prefix, so etcd can let each runtime write its placements only."""
+    return f"{PLACEMENTS}{runtime_id}/{model}/{version}".encode()
 
 
 def _text(key: bytes) -> str:
@@ -41,7 +42,7 @@ def parse_placement_key(key: bytes) -> tuple[str, str, str] | None:
     if not text.startswith(PLACEMENTS):
         return None
     parts = text[len(PLACEMENTS):].split("/")
-    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
+    return (parts[1], parts[2], parts[0]) if len(parts) == 3 else None
 
 
 def parse_runtime_key(key: bytes) -> str | None:

@@ -21,6 +21,7 @@ import aetcd
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry import keys
 from meshserve.registry.etcd import connect
+from meshserve.registry.etcd_token import EtcdCredentials
 from meshserve.tls import MeshTls
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ class Presence:
     """
 
     def __init__(self, endpoint: str, name: str, records: dict[bytes, bytes] | None = None, *,
-                 ttl: int = 5, mesh_tls: MeshTls | None = None) -> None:
+                 ttl: int = 5, mesh_tls: MeshTls | None = None, credentials: EtcdCredentials | None = None) -> None:
+        self.credentials = credentials
         self.endpoint = endpoint
         self._mesh_tls = mesh_tls  # for an https:// etcd
         self.name = name
@@ -51,7 +53,7 @@ class Presence:
         self._dirty = False
 
     async def start(self, *, wait: float = 10.0) -> None:
-        self._client = await connect(self.endpoint, mesh_tls=self._mesh_tls, wait=wait)
+        self._client = await connect(self.endpoint, mesh_tls=self._mesh_tls, wait=wait, credentials=self.credentials)
         async with self._lock:
             await self._register_all()
         self._keeper = asyncio.create_task(self._keep_alive(), name="registry-keepalive")
@@ -127,9 +129,10 @@ class Presence:
 class Registration(Presence):
     """Keeps one runtime and its placements in etcd for as long as the runtime lives."""
 
-    def __init__(self, endpoint: str, runtime: pb.Runtime, *, ttl: int = 5, mesh_tls: MeshTls | None = None) -> None:
+    def __init__(self, endpoint: str, runtime: pb.Runtime, *, ttl: int = 5, mesh_tls: MeshTls | None = None,
+                 credentials: EtcdCredentials | None = None) -> None:
         super().__init__(endpoint, f"runtime {runtime.id} ({runtime.kind}) at {runtime.address}", ttl=ttl,
-                         mesh_tls=mesh_tls)
+                         mesh_tls=mesh_tls, credentials=credentials)
         self.runtime = runtime
         self._placements: dict[tuple[str, str], pb.Placement] = {}
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import meshserve
 from meshserve import tracing
-from meshserve.errors import NotFound
+from meshserve.auth import mesh as mesh_credential
+from meshserve.auth.mesh import MeshGate
+from meshserve.errors import FailedPrecondition, MeshError, NotFound
 from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
@@ -25,6 +28,7 @@ from meshserve.protos.inference import grpc_service_pb2 as pb
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as reg_pb
 from meshserve.registry.registration import Registration, now_ms
 from meshserve.settings import load_settings, setup_logging
+from meshserve.tls import MeshTls
 
 from .backend import BackendLoader
 from .dataplane import DataPlane
@@ -47,6 +51,21 @@ _PLACEMENT_STATES = {
     State.READY: reg_pb.MODEL_STATE_READY,
     State.FAILED: reg_pb.MODEL_STATE_FAILED,
 }
+
+
+def mesh_gate(settings: ModelRuntimeSettings, what: str, mesh_tls: MeshTls | None) -> MeshGate:
+    """How this runtime tells the mesh's calls from strangers' (see meshserve.auth.mesh).
+
+    Outside dev mode a runtime needs TLS (mesh certificates required of every caller) or a
+    mesh credential, and refuses to start with neither: a plain-text port that anyone could
+    call would let callers around the router's keys and audit trail.
+    """
+    credential = mesh_credential.read_optional(settings.mesh_credential_file)
+    if not settings.dev_mode and credential is None and mesh_tls is None:
+        raise FailedPrecondition(
+            f"the {what} would take calls from anyone who reaches its port: give it TLS (--tls-ca, --tls-cert, "
+            "--tls-key) or a mesh credential (--mesh-credential-file), or pass --dev-mode for local development")
+    return MeshGate(credential, what)
 
 
 def placement(entry: ModelEntry) -> reg_pb.Placement:
@@ -82,7 +101,10 @@ class RuntimeServer:
         self.metrics.watch(self.repository, self.dataplane.pool, loader)
         self.metrics_server = MetricsServer(self.metrics.registry)
         self.servicer = InferenceServicer(self.dataplane, kind, settings.max_message_bytes)
-        self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes)
+        self.gate = mesh_gate(settings, f"{kind} runtime", self.mesh_tls)
+        gate = self.gate.interceptor()
+        self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes,
+                                    interceptors=[gate] if gate else ())
         add_service(self.server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self.servicer,
                     raw=RAW_REQUEST_METHODS)
         self.register = register
@@ -120,7 +142,8 @@ class RuntimeServer:
                          require_client_cert=self.settings.require_client_cert)
         await self.server.start()
         if self.settings.link_port >= 0:
-            self.link = await serve_link(self.settings.host, self.settings.link_port, self.servicer.link_handler,
+            self.link = await serve_link(self.settings.host, self.settings.link_port,
+                                         self.gate.link_handler(self.servicer.link_handler),
                                          self.settings.max_message_bytes, mesh_tls=self.mesh_tls)
             self.link_address = self.link.address
         if self.register:
@@ -178,7 +201,7 @@ class RuntimeServer:
             memory_budget_bytes=self.repository.residency.budget_bytes,
         )
         self.registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s,
-                                         mesh_tls=self.mesh_tls)
+                                         mesh_tls=self.mesh_tls, credentials=self.settings.etcd_credentials())
         for entry in self.repository.entries():
             await self.registration.publish(placement(entry))
         await self.registration.start(wait=self.settings.etcd_wait_s)
@@ -222,4 +245,8 @@ def main(settings_class: type[S], create: Callable[[S], RuntimeServer],
     async def run() -> None:
         await serve(create(settings))  # created inside the loop, which its gRPC server binds to
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except MeshError as e:  # a start-up the settings rule out, etcd not answering: one line, no traceback
+        log.error("%s", e.message)
+        sys.exit(1)

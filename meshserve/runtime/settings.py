@@ -29,6 +29,9 @@ class ModelRuntimeSettings(MetricsSettings, RuntimeSettings):
         "*", description='models to load at start: "*" for all, "" for none, or comma-separated names'
     )
     runtime_id: str = Field("", description="id in the registry (default <kind>-<host>-<pid>)")
+    dev_mode: bool = Field(
+        False, description="take calls from anyone who reaches the port (local development only); otherwise the "
+        "runtime requires TLS with mesh certificates or a mesh credential, and refuses to start without either")
     predict_threads: int = Field(4, ge=1, description="threads running synchronous predict calls")
     memory_budget_mb: float = Field(
         0.0, ge=0, description="memory loaded models may take (their estimates); a load past it evicts the least "

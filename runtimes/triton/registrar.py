@@ -23,6 +23,7 @@ import aetcd
 import grpc
 from tritonclient.grpc import service_pb2
 
+from meshserve.auth import mesh as mesh_credential
 from meshserve.grpcutil.server import channel_options
 from meshserve.lifecycle import run_until_signalled
 from meshserve.protos.inference import grpc_service_pb2 as oip
@@ -75,6 +76,9 @@ class TritonRegistrar:
         self.mesh_tls = settings.mesh_tls()
         self._channel = aio_channel(self.address, self.mesh_tls, channel_options(settings.max_message_bytes))
         self._triton = GRPCInferenceServiceStub(self._channel)
+        # Triton started by meshserve outside dev mode takes only calls presenting the mesh credential.
+        self._metadata = mesh_credential.metadata(mesh_credential.read_optional(settings.mesh_credential_file),
+                                                  triton=True)
         self._registration: Registration | None = None
         self._published: Snapshot = {}
         self._task: asyncio.Task[None] | None = None
@@ -111,11 +115,13 @@ class TritonRegistrar:
         """Triton's models and version, or None when it does not answer ready."""
         timeout = self.settings.call_timeout_s
         try:
-            ready = await self._triton.ServerReady(oip.ServerReadyRequest(), timeout=timeout)
+            ready = await self._triton.ServerReady(oip.ServerReadyRequest(), timeout=timeout, metadata=self._metadata)
             if not ready.ready:
                 return None
-            index = await self._triton.RepositoryIndex(oip.RepositoryIndexRequest(), timeout=timeout)
-            meta = await self._triton.ServerMetadata(oip.ServerMetadataRequest(), timeout=timeout)
+            index = await self._triton.RepositoryIndex(oip.RepositoryIndexRequest(), timeout=timeout,
+                                                      metadata=self._metadata)
+            meta = await self._triton.ServerMetadata(oip.ServerMetadataRequest(), timeout=timeout,
+                                                    metadata=self._metadata)
             seen: Snapshot = {}
             for m in index.models:
                 state, reason = placement_state(m.state, m.reason)
@@ -135,7 +141,7 @@ class TritonRegistrar:
             try:
                 config = await self._model_config(
                     service_pb2.ModelConfigRequest(name=model.name, version=model.version),
-                    timeout=self.settings.call_timeout_s,
+                    timeout=self.settings.call_timeout_s, metadata=self._metadata,
                 )
             except grpc.aio.AioRpcError as e:  # asked again at the next look
                 log.debug("no config of %s version %s from Triton yet: %s", model.name, model.version, e.details())
@@ -179,7 +185,7 @@ class TritonRegistrar:
         runtime = pb.Runtime(id=self.runtime_id, kind=KIND, address=self.address, started_at_unix_ms=now_ms(),
                              version=version, labels={"server": "triton"})
         registration = Registration(self.settings.etcd_endpoint, runtime, ttl=self.settings.lease_ttl_s,
-                                    mesh_tls=self.mesh_tls)
+                                    mesh_tls=self.mesh_tls, credentials=self.settings.etcd_credentials())
         for key, value in seen.items():
             await registration.publish(self._placement(key, value))
         await registration.start(wait=self.settings.etcd_wait_s)

@@ -47,7 +47,8 @@ class AuditService:
         self.metrics_server = MetricsServer(self.metrics.registry)
         self._database_check: asyncio.Task[None] | None = None
         # Only keys and rules are used, but the registry cache is the one tested watch-fed copy of them.
-        self.registry = (RegistryCache(settings.etcd_endpoint, mesh_tls=self.mesh_tls)
+        self.registry = (RegistryCache(settings.etcd_endpoint, mesh_tls=self.mesh_tls,
+                                       credentials=settings.etcd_credentials())
                          if settings.etcd_endpoint else None)
         self.access = AuditAccess(self.registry, dev_mode=settings.dev_mode, jwt=verifier_from_settings(settings))
 

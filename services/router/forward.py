@@ -16,6 +16,7 @@ import grpc
 from grpc.aio import ServicerContext as Context
 
 from meshserve import tracing
+from meshserve.auth import mesh as mesh_credential
 from meshserve.auth.access import Access
 from meshserve.auth.limits import RateLimiter, check_request
 from meshserve.errors import REFUSALS, MeshError, as_mesh_error, error_for, too_large
@@ -46,9 +47,10 @@ MAX_SHADOWS_IN_FLIGHT = 256
 
 
 # Metadata gRPC sets itself, never passed on to a runtime.
-# The caller's key stays in the router: runtimes never see it.
+# The caller's key stays in the router: runtimes never see it. Nor a caller's own mesh
+# credential entry: only the router's goes out (see meshserve.auth.mesh).
 _TRANSPORT_KEYS = frozenset(("user-agent", "content-type", "te", "host", "grpc-timeout", "grpc-encoding",
-                             "grpc-accept-encoding", "authorization"))
+                             "grpc-accept-encoding", "authorization", mesh_credential.HEADER))
 
 
 def forwarded_metadata(context: Context) -> Metadata:

@@ -20,9 +20,8 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-import grpc
-
 from meshserve import tracing
+from meshserve.auth import mesh as mesh_credential
 from meshserve.errors import Unavailable
 from meshserve.grpcutil.server import channel_options
 from meshserve.link import LinkClient
@@ -34,16 +33,31 @@ log = logging.getLogger(__name__)
 SERVICE = "/inference.GRPCInferenceService/"
 LINK_CONNECT_S = 2.0
 LINK_RETRY_S = 1.0
+TRITON = "triton"  # the runtime kind of Triton servers, which check the mesh credential under their own name
+
+
+class _Call:
+    """A raw multi-callable that presents the mesh credential on every call (when the router has one)."""
+
+    __slots__ = ("_call", "_extra")
+
+    def __init__(self, call: Any, credential: str | None, triton: bool) -> None:
+        self._call = call
+        self._extra = mesh_credential.metadata(credential, triton=triton)
+
+    def __call__(self, *request: bytes, timeout: float | None = None,
+                 metadata: tuple[tuple[str, str | bytes], ...] = ()) -> Any:
+        return self._call(*request, timeout=timeout, metadata=metadata + self._extra)
 
 
 class Connection:
     """A channel to one replica and its per-method raw callables."""
 
-    __slots__ = ("_link", "_link_lock", "_link_retry_at", "_max_message_bytes", "_mesh_tls", "_stream", "_unary",
-                 "address", "channel", "ejected_until", "failures", "inflight", "link_address", "replica")
+    __slots__ = ("_credential", "_link", "_link_lock", "_link_retry_at", "_max_message_bytes", "_mesh_tls", "_stream",
+                 "_unary", "address", "channel", "ejected_until", "failures", "inflight", "link_address", "replica")
 
     def __init__(self, replica: Replica, options: list[tuple[str, Any]], max_message_bytes: int,
-                 use_link: bool, mesh_tls: MeshTls | None = None) -> None:
+                 use_link: bool, mesh_tls: MeshTls | None = None, credential: str | None = None) -> None:
         self.replica = replica
         self.address = replica.address
         self.link_address = replica.link_address if use_link else ""
@@ -55,8 +69,9 @@ class Connection:
         self.ejected_until = 0.0
         self._max_message_bytes = max_message_bytes
         self._mesh_tls = mesh_tls
-        self._unary: dict[str, grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = {}
-        self._stream: grpc.aio.StreamStreamMultiCallable[bytes, bytes] | None = None
+        self._credential = credential
+        self._unary: dict[str, _Call] = {}
+        self._stream: _Call | None = None
         self._link: LinkClient | None = None
         self._link_lock = asyncio.Lock()
         self._link_retry_at = 0.0
@@ -86,23 +101,27 @@ class Connection:
             connect_s = LINK_CONNECT_S if remaining_s is None else max(0.01, min(LINK_CONNECT_S, remaining_s))
             try:
                 self._link = await LinkClient.connect(self.link_address, self._max_message_bytes, connect_s,
-                                                     mesh_tls=self._mesh_tls)
+                                                      mesh_tls=self._mesh_tls, credential=self._credential)
             except Unavailable as e:
                 log.warning("%s; calling %s over gRPC for %.0f s", e, self.replica.runtime_id, LINK_RETRY_S)
                 self._link_retry_at = time.monotonic() + LINK_RETRY_S
                 return None
             return self._link
 
-    def unary(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+    def unary(self, method: str) -> _Call:
+        """``method`` as a raw callable: ``call(request, timeout=..., metadata=...)``."""
         call = self._unary.get(method)
         if call is None:
-            call = self.channel.unary_unary(SERVICE + method, _registered_method=True)
+            call = _Call(self.channel.unary_unary(SERVICE + method, _registered_method=True), self._credential,
+                         self.replica.kind == TRITON)
             self._unary[method] = call
         return call
 
-    def stream(self) -> grpc.aio.StreamStreamMultiCallable[bytes, bytes]:
+    def stream(self) -> _Call:
+        """ModelStreamInfer as a raw callable: ``call(timeout=..., metadata=...)`` opens a stream."""
         if self._stream is None:
-            self._stream = self.channel.stream_stream(SERVICE + "ModelStreamInfer", _registered_method=True)
+            self._stream = _Call(self.channel.stream_stream(SERVICE + "ModelStreamInfer", _registered_method=True),
+                                 self._credential, self.replica.kind == TRITON)
         return self._stream
 
     async def close(self) -> None:
@@ -120,9 +139,10 @@ class ConnectionPool:
 
     def __init__(self, max_message_bytes: int, use_link: bool = True, *, eject_s: float = 2.0,
                  breaker_failures: int = 3, clock: Callable[[], float] = time.monotonic,
-                 mesh_tls: MeshTls | None = None) -> None:
+                 mesh_tls: MeshTls | None = None, credential: str | None = None) -> None:
         self._options = channel_options(max_message_bytes)
         self._mesh_tls = mesh_tls  # TLS to runtimes; each new connection presents the current certificate
+        self._credential = credential  # the mesh credential every call to a runtime presents
         self._max_message_bytes = max_message_bytes
         self._use_link = use_link
         self.eject_s = eject_s
@@ -138,7 +158,8 @@ class ConnectionPool:
             return conn
         if conn is not None:
             self._close_later(conn)
-        conn = Connection(replica, self._options, self._max_message_bytes, self._use_link, self._mesh_tls)
+        conn = Connection(replica, self._options, self._max_message_bytes, self._use_link, self._mesh_tls,
+                          self._credential)
         self._by_address[replica.address] = conn
         return conn
 

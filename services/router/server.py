@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 import grpc
@@ -12,9 +13,11 @@ from meshserve import tracing
 from meshserve.audit.journal import Journal
 from meshserve.audit.publisher import EventPublisher
 from meshserve.audit.spool import Spool
+from meshserve.auth import mesh as mesh_credential
 from meshserve.auth.access import Access
 from meshserve.auth.jwt_settings import verifier_from_settings
 from meshserve.auth.limits import RateLimiter
+from meshserve.errors import MeshError
 from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer
 from meshserve.lifecycle import run_until_signalled
@@ -66,9 +69,11 @@ class Router:
         self.metrics = RouterMetrics()
         self.metrics_server = MetricsServer(self.metrics.registry)
         self.pool = ConnectionPool(settings.max_message_bytes, settings.use_link, eject_s=settings.eject_s,
-                                   breaker_failures=settings.breaker_failures, mesh_tls=self.mesh_tls)
+                                   breaker_failures=settings.breaker_failures, mesh_tls=self.mesh_tls,
+                                   credential=mesh_credential.read_optional(settings.mesh_credential_file))
         self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed,
-                                   on_routers=self._routers_changed, mesh_tls=self.mesh_tls)
+                                   on_routers=self._routers_changed, mesh_tls=self.mesh_tls,
+                                   credentials=settings.etcd_credentials())
         self.presence: Presence | None = None  # this router's record in etcd, once it listens
         placer = Placer(self.cache, self.pool, load_timeout_s=settings.load_wait_s, metrics=self.metrics)
         resolver = Resolver(self.cache, placer)
@@ -147,7 +152,8 @@ class Router:
         record = registry_pb2.Router(id=self.settings.router_id, address=address, started_at_unix_ms=now_ms())
         self.presence = Presence(self.settings.etcd_endpoint, f"router {record.id} at {address}",
                                  {keys.router_key(record.id): record.SerializeToString()},
-                                 ttl=self.settings.lease_ttl_s, mesh_tls=self.mesh_tls)
+                                 ttl=self.settings.lease_ttl_s, mesh_tls=self.mesh_tls,
+                                 credentials=self.settings.etcd_credentials())
         await self.presence.start(wait=self.settings.etcd_wait_s)
         await self.grpc.start()
         log.info("router serving the inference protocol on %s (etcd %s)", address, self.settings.etcd_endpoint)
@@ -181,4 +187,8 @@ async def serve(settings: RouterSettings) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(RouterSettings, argv, prog="meshserve router")
     setup_logging(settings.log_level)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except MeshError as e:  # an unreadable mesh credential, etcd not answering: one line, no traceback
+        log.error("%s", e.message)
+        sys.exit(1)

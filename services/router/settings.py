@@ -11,10 +11,10 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from meshserve.auth.jwt_settings import JwtSettings
-from meshserve.settings import MetricsSettings, ServiceSettings
+from meshserve.settings import MeshCredentialSettings, MetricsSettings, ServiceSettings
 
 
-class RouterSettings(JwtSettings, MetricsSettings, ServiceSettings):
+class RouterSettings(JwtSettings, MeshCredentialSettings, MetricsSettings, ServiceSettings):
     """The meshserve router: one Open Inference Protocol door to every model in the mesh."""
 
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_ROUTER_")

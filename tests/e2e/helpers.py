@@ -94,7 +94,7 @@ def runtime_process(repository: Path, etcd_endpoint: str, folder: Path, *, lease
     runtime_id = runtime_id or f"e2e-{uuid.uuid4().hex[:8]}"
     proc, address = _service(f"runtime-{runtime_id}", "meshserve.runtimes.python", [
         "--model-repository", str(repository), "--etcd-endpoint", etcd_endpoint,
-        "--lease-ttl-s", str(lease_ttl_s), "--runtime-id", runtime_id, *extra,
+        "--lease-ttl-s", str(lease_ttl_s), "--runtime-id", runtime_id, "--dev-mode", *extra,
     ], folder, timeout)
     try:
         yield proc, address, runtime_id

@@ -85,7 +85,7 @@ class AuditMesh:
         self.start_audit()
         self.runtime, _, info = start_service("runtime", "meshserve.runtimes.python", [
             "--model-repository", str(self.repository), "--etcd-endpoint", self.etcd_endpoint,
-            "--runtime-id", "audit-e2e-runtime"], self.folder)
+            "--runtime-id", "audit-e2e-runtime", "--dev-mode"], self.folder)
         self.runtime_id = str(info["runtime_id"])
         self.router, self.router_address = self.start_router(self.router_data_dir)
 

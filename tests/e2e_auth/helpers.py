@@ -42,7 +42,7 @@ def keyed_mesh(data_dir: Path, **changes: Any) -> Iterator[LocalMesh]:
 def meshserve(mesh: LocalMesh, *args: str, key: str = "") -> subprocess.CompletedProcess[str]:
     """Run the meshserve command against ``mesh``, with ``key`` as $MESHSERVE_API_KEY when given."""
     env = {**os.environ, "COLUMNS": "200", "MESHSERVE_ETCD": mesh.etcd_endpoint,
-           "MESHSERVE_ROUTER": mesh.router_address}
+           "MESHSERVE_ROUTER": mesh.router_address, **mesh.operator_env()}
     env.pop("MESHSERVE_API_KEY", None)
     if key:
         env["MESHSERVE_API_KEY"] = key

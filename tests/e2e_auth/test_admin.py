@@ -53,7 +53,7 @@ def pipeline_file(tmp_path: Path, name: str) -> str:
 def stored(mesh: LocalMesh) -> tuple[tuple[pb.Route, int], bytes | None]:
     """iris's route with its key's revision, and the stored pipeline 'words', straight from etcd."""
     async def read() -> tuple[tuple[pb.Route, int], bytes | None]:
-        client = await connect(mesh.etcd_endpoint, wait=3)
+        client = await connect(mesh.etcd_endpoint, wait=3, credentials=mesh.etcd_credentials("operator"))
         try:
             found = await client.get(keys.pipeline_key("words"))
             return await routes.read_route(client, "iris"), found.value if found is not None else None

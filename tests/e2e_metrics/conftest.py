@@ -87,7 +87,7 @@ def metrics_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsMe
             audit = service("audit", "meshserve.services.audit", "--nats-url", nats.url,
                             "--database", f"sqlite:///{folder / 'audit.db'}", "--dev-mode")
             runtime = service("runtime", "meshserve.runtimes.python", "--model-repository", str(repository),
-                              "--etcd-endpoint", etcd.endpoint)
+                              "--etcd-endpoint", etcd.endpoint, "--dev-mode")
             router = service("router", "meshserve.services.router", "--etcd-endpoint", etcd.endpoint,
                              "--nats-url", nats.url, "--data-dir", str(folder / "router"), "--dev-mode")
             _apply(PIPELINE, router.address)

@@ -87,7 +87,7 @@ def r_runtime_process(repository: Path, etcd_endpoint: str, folder: Path, *extra
     proc, info = start_service(runtime_id, "meshserve.runtimes.r", [
         "--port", "0", "--model-repository", str(repository), "--etcd-endpoint", etcd_endpoint,
         "--lease-ttl-s", str(lease_ttl_s), "--runtime-id", runtime_id,
-        "--worker-log", str(folder / f"{runtime_id}-workers.log"), *extra,
+        "--worker-log", str(folder / f"{runtime_id}-workers.log"), "--dev-mode", *extra,
     ], folder, timeout=timeout)
     try:
         yield proc, str(info["address"]), runtime_id

@@ -69,7 +69,7 @@ def start_replica(name: str, repo: Path, etcd_endpoint: str, folder: Path) -> Re
     runtime_id = f"scale-{name.lower()}-{uuid.uuid4().hex[:6]}"
     proc, info = start_service(f"runtime-{runtime_id}", "meshserve.runtimes.python", [
         "--port", "0", "--model-repository", str(repo), "--etcd-endpoint", etcd_endpoint,
-        "--lease-ttl-s", str(LEASE_TTL_S), "--runtime-id", runtime_id,
+        "--lease-ttl-s", str(LEASE_TTL_S), "--runtime-id", runtime_id, "--dev-mode",
     ], folder, timeout=90)
     return Replica(name, runtime_id, str(info["address"]), proc.pid, proc)
 

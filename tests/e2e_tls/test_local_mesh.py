@@ -60,6 +60,28 @@ def test_runtimes_refuse_callers_without_a_mesh_certificate(mesh: LocalMesh, run
     assert error.code() == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.parametrize("runtime", ["runtime", "r-runtime", "triton"])
+def test_runtimes_refuse_infer_metadata_load_and_unload_without_a_mesh_certificate(
+        mesh: LocalMesh, runtime: str) -> None:
+    ca = mesh.tls_files("operator")[0].read_bytes()
+    model = {"runtime": "iris", "r-runtime": "mtcars", "triton": "simple"}[runtime]
+    with grpc.secure_channel(mesh.addresses[runtime], grpc.ssl_channel_credentials(root_certificates=ca)) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        calls = [
+            lambda: stub.ModelInfer(oip.ModelInferRequest(model_name=model), timeout=3),
+            lambda: stub.ModelMetadata(oip.ModelMetadataRequest(name=model), timeout=3),
+            lambda: stub.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name=model), timeout=3),
+            lambda: stub.RepositoryModelUnload(oip.RepositoryModelUnloadRequest(model_name=model), timeout=3),
+        ]
+        for call in calls:
+            assert rpc_error(call).code() == grpc.StatusCode.UNAVAILABLE
+    # Nothing was unloaded: the pipeline over all three runtimes still answers.
+    with grpc.secure_channel(mesh.router_address, _operator(mesh)) as channel:
+        answer = decode_response(oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            build_request("sentiment", {"text": TEXT}), timeout=10))
+    assert answer["label"].tolist() == [b"positive"]
+
+
 def test_the_audit_trail_arrives_over_tls(mesh: LocalMesh) -> None:
     with grpc.secure_channel(mesh.router_address, _operator(mesh)) as channel:
         oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(build_request("sentiment", {"text": TEXT}), timeout=10)

@@ -128,7 +128,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def runtime_settings(repository: Path, etcd: EtcdServer, **overrides: Any) -> PythonRuntimeSettings:
     return PythonRuntimeSettings(
         model_repository=repository, etcd_endpoint=etcd.endpoint, port=0, lease_ttl_s=2,
-        runtime_id=f"python-test-{uuid.uuid4().hex[:8]}", **overrides,
+        runtime_id=f"python-test-{uuid.uuid4().hex[:8]}", **{"dev_mode": True, **overrides},
     )
 
 

@@ -28,6 +28,7 @@ async def test_example_iris_in_a_process(tmp_path: Path, etcd: EtcdServer) -> No
         sys.executable, "-m", "meshserve.runtimes.python",
         "--model-repository", str(ROOT / "examples" / "models"), "--port", "0",
         "--etcd-endpoint", etcd.endpoint, "--announce-file", str(announce), "--runtime-id", "python-proc-test",
+        "--dev-mode",
     ], tmp_path / "runtime.log")
     proc.start()
     try:
