@@ -23,7 +23,6 @@ import hmac
 import logging
 import secrets
 import stat
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import grpc
 
 from meshserve.errors import FailedPrecondition, Unauthenticated
+from meshserve.ratelog import RateLimitedLog
 from meshserve.secretfiles import write_private
 
 log = logging.getLogger(__name__)
@@ -84,25 +84,6 @@ def metadata(credential: str | None, *, triton: bool = False) -> tuple[tuple[str
     return ((TRITON_HEADER if triton else HEADER, credential),)
 
 
-class RefusalLog:
-    """Logs refused callers at most once every ``every_s`` seconds, counting the rest."""
-
-    def __init__(self, what: str, every_s: float = REFUSAL_LOG_EVERY_S) -> None:
-        self.what = what
-        self.every_s = every_s
-        self._last = -every_s
-        self._quiet = 0
-
-    def refused(self, method: str, peer: str, why: str) -> None:
-        now = time.monotonic()
-        if now - self._last < self.every_s:
-            self._quiet += 1
-            return
-        more = f" ({self._quiet} more refused since the last such line)" if self._quiet else ""
-        log.warning("%s refused %s from %s: %s%s", self.what, method, peer or "an unknown peer", why, more)
-        self._last, self._quiet = now, 0
-
-
 class MeshGate:
     """The runtime's check that a call comes from the mesh: its credential, when it has one.
 
@@ -112,7 +93,9 @@ class MeshGate:
 
     def __init__(self, credential: str | None, what: str) -> None:
         self._expected = credential.encode() if credential else None
-        self.log = RefusalLog(what)
+        self.what = what
+        # One line for the first refusals, then one every REFUSAL_LOG_EVERY_S, counting the rest.
+        self.log = RateLimitedLog(log, logging.WARNING, per_s=1 / REFUSAL_LOG_EVERY_S, burst=1)
 
     @property
     def enabled(self) -> bool:
@@ -131,7 +114,7 @@ class MeshGate:
     def check(self, method: str, metadata: Metadata, peer: str) -> None:
         """Raise Unauthenticated, and log (rate-limited), unless the call presents the credential."""
         if not self.allows(metadata):
-            self.log.refused(method, peer, "no valid mesh credential")
+            self.log("%s refused %s from %s: no valid mesh credential", self.what, method, peer or "an unknown peer")
             raise Unauthenticated(f"{method} refused: this runtime takes calls from the mesh only; call the "
                                   "model through a meshserve router")
 
