@@ -1,7 +1,9 @@
-"""Rules for model names and versions, shared by every service.
+"""Rules for model names, versions and request ids, shared by every service.
 
 Names and versions become etcd keys and repository folder names, so they are kept to a
 safe alphabet: no path separators, no `..`, no control characters, bounded length.
+Request ids are the caller's, stored in the audit trail and shown in its tables, so they
+are kept to visible ASCII: no control, bidi or other invisible characters, no spaces.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import re
 from meshserve.errors import InvalidArgument
 
 MAX_NAME_LENGTH = 128
+MAX_REQUEST_ID_LENGTH = 128
+REQUEST_ID_RULE = (f"at most {MAX_REQUEST_ID_LENGTH} visible ASCII characters (letters, digits and punctuation "
+                   "from '!' to '~'; no spaces, control or non-ASCII characters)")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -38,6 +43,18 @@ def check_version(version: str) -> str:
             f"invalid model version {_describe(version)}: use letters, digits, '_', '-' or '.'"
         )
     return version
+
+
+def is_request_id(value: str) -> bool:
+    """Whether ``value`` may be a request id (empty: none given)."""
+    return len(value) <= MAX_REQUEST_ID_LENGTH and value.isascii() and value.isprintable() and " " not in value
+
+
+def check_request_id(value: str, what: str = "request id") -> str:
+    """Return ``value`` if it is empty or a valid request id, else raise InvalidArgument saying what is allowed."""
+    if not is_request_id(value):
+        raise InvalidArgument(f"invalid {what} {_describe(value)}: use {REQUEST_ID_RULE}")
+    return value
 
 
 def version_sort_key(version: str) -> tuple[int, int, str]:

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from meshserve.cli.context import CONTEXT_ENV
 from meshserve.local.etcd import EtcdServer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_mesh_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The tests' own context file (none at first): their `meshserve up` never takes the user's, nor their
+    commands act on the user's mesh."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CONTEXT_ENV, str(tmp_path_factory.mktemp("context") / "context.json"))
+        yield
 
 
 @pytest.fixture(scope="session")

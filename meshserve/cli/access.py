@@ -10,11 +10,11 @@ from typing import Annotated
 import aetcd
 import typer
 from google.protobuf.message import Message
-from rich.table import Table
 
 from meshserve.auth import apikeys
 from meshserve.auth.access import ACTIONS, ANONYMOUS_NAME
-from meshserve.cli.common import DEFAULT_ETCD, EtcdOption, cli_errors, console
+from meshserve.cli.common import EtcdOption, cli_errors, console
+from meshserve.cli.text import Table
 from meshserve.errors import InvalidArgument, NotFound
 from meshserve.names import check_model_name
 from meshserve.protos.meshserve.auth.v1 import auth_pb2
@@ -33,7 +33,7 @@ def _when(unix_ms: int) -> str:
 def _delete(etcd: str, key: bytes, what: str) -> None:
     async def delete(client: aetcd.Client) -> None:
         if not await client.delete(key):
-            raise NotFound(f"no {what}")
+            raise NotFound(f"no {what} in etcd at {etcd}")
     with_etcd(etcd, delete)
 
 
@@ -53,7 +53,7 @@ def create_key(
     principal: Annotated[str, typer.Option(help="who the key speaks for")],
     role: Annotated[list[str] | None, typer.Option(help="a role of the principal (repeatable)")] = None,
     description: Annotated[str, typer.Option(help="a note for `keys list`")] = "",
-    etcd: EtcdOption = DEFAULT_ETCD,
+    etcd: EtcdOption = "",
 ) -> None:
     """Create a key for PRINCIPAL and print it once: etcd keeps only a salted hash."""
     token, record = apikeys.create(principal, role or [], description)
@@ -66,7 +66,7 @@ def create_key(
 
 @keys_app.command("list")
 @cli_errors
-def list_keys(etcd: EtcdOption = DEFAULT_ETCD) -> None:
+def list_keys(etcd: EtcdOption = "") -> None:
     """List the keys (never their secrets)."""
     found = with_etcd(etcd, lambda c: read_records(c, keys.API_KEYS, keys.parse_api_key_key, auth_pb2.ApiKey))
     table = Table("key id", "principal", "roles", "created", "description", title="API keys")
@@ -78,7 +78,7 @@ def list_keys(etcd: EtcdOption = DEFAULT_ETCD) -> None:
 @keys_app.command("revoke")
 @cli_errors
 def revoke_key(key_id: Annotated[str, typer.Argument(help="the key id (`keys list`)")],
-               etcd: EtcdOption = DEFAULT_ETCD) -> None:
+               etcd: EtcdOption = "") -> None:
     """Revoke a key: every router refuses it within a second."""
     _delete(etcd, keys.api_key_key(key_id), f"key {key_id!r}")
     console.print(f"key {key_id} revoked")
@@ -91,7 +91,7 @@ def allow(
     actions: Annotated[str, typer.Option(help=f"comma-separated, of: {', '.join(ACTIONS)}")],
     principal: Annotated[str, typer.Option(help=f"a principal, or {ANONYMOUS_NAME!r} for callers without a key")] = "",
     role: Annotated[str, typer.Option(help="a role instead of a principal")] = "",
-    etcd: EtcdOption = DEFAULT_ETCD,
+    etcd: EtcdOption = "",
 ) -> None:
     """Add an allow rule; every router applies it within a second."""
     if bool(principal) == bool(role):
@@ -123,7 +123,7 @@ def _rules_table(rules: list[auth_pb2.AccessRule]) -> Table:
 
 @policy_app.command("list")
 @cli_errors
-def list_rules(etcd: EtcdOption = DEFAULT_ETCD) -> None:
+def list_rules(etcd: EtcdOption = "") -> None:
     """List the allow rules (anything they do not allow is denied)."""
     found = with_etcd(etcd, lambda c: read_records(c, keys.ACCESS_RULES, keys.parse_access_rule_key,
                                                    auth_pb2.AccessRule))
@@ -133,7 +133,7 @@ def list_rules(etcd: EtcdOption = DEFAULT_ETCD) -> None:
 @policy_app.command("rm")
 @cli_errors
 def remove_rule(rule_id: Annotated[str, typer.Argument(help="the rule id (`policy list`)")],
-                etcd: EtcdOption = DEFAULT_ETCD) -> None:
+                etcd: EtcdOption = "") -> None:
     """Remove an allow rule."""
     _delete(etcd, keys.access_rule_key(rule_id), f"rule {rule_id!r}")
     console.print(f"rule {rule_id} removed")
@@ -145,7 +145,7 @@ def set_rate(
     principal: Annotated[str, typer.Option(help=f"a principal, or {ANONYMOUS_NAME!r}")],
     calls_per_second: Annotated[float, typer.Option(min=0, help="sustained rate; 0 removes the limit")],
     burst: Annotated[int, typer.Option(min=1, help="calls allowed at once above the rate")] = 10,
-    etcd: EtcdOption = DEFAULT_ETCD,
+    etcd: EtcdOption = "",
 ) -> None:
     """Limit PRINCIPAL's ModelInfer calls across all routers; over it, calls get RESOURCE_EXHAUSTED.
 
@@ -165,7 +165,7 @@ def set_model_limits(
     max_request_bytes: Annotated[int, typer.Option(min=0, help="largest request (0: no limit)")] = 0,
     max_elements: Annotated[int, typer.Option(min=0, help="most tensor elements in one request")] = 0,
     max_batch: Annotated[int, typer.Option(min=0, help="largest first dimension of an input")] = 0,
-    etcd: EtcdOption = DEFAULT_ETCD,
+    etcd: EtcdOption = "",
 ) -> None:
     """Set what one request to MODEL may carry (all zero removes the limits)."""
     check_model_name(model)

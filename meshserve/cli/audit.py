@@ -26,20 +26,38 @@ from typing import Annotated, ParamSpec, TextIO, TypeVar
 import grpc
 import typer
 from google.protobuf import json_format
-from rich.table import Table
+from rich.text import Text
 
 from meshserve.cli.audit_policy import policy_app
-from meshserve.cli.common import API_KEY_ENV, UserError, channel, cli_errors, console, fail
+from meshserve.cli.common import (
+    API_KEY_ENV,
+    AUDIT,
+    UserError,
+    channel,
+    cli_errors,
+    console,
+    describe_rpc_error,
+    fail,
+    mesh_address,
+)
+from meshserve.cli.text import Table, plain
 from meshserve.errors import from_rpc_error
 from meshserve.protos.meshserve.audit.v1 import audit_pb2, audit_pb2_grpc
 
-DEFAULT_AUDIT = "127.0.0.1:8003"
 EXPORT_PAGE = 10_000
 
 audit_app = typer.Typer(help="Query, follow, verify and export the audit trail.", no_args_is_help=True)
 audit_app.add_typer(policy_app, name="policy")
 
-AuditOption = Annotated[str, typer.Option("--audit", envvar="MESHSERVE_AUDIT", help="audit service host:port")]
+
+
+def _audit(given: str) -> str:
+    return mesh_address(AUDIT, given)
+
+
+AuditOption = Annotated[str, typer.Option(
+    "--audit", envvar=AUDIT.env, callback=_audit,
+    help="audit service host:port (default: the audit service of the mesh `meshserve up` runs)")]
 ModelOpt = Annotated[str, typer.Option("--model", help="only calls to this model")]
 VersionOpt = Annotated[str, typer.Option("--version", help="only calls served by this version")]
 PrincipalOpt = Annotated[str, typer.Option("--principal", help="only calls by this caller")]
@@ -89,12 +107,13 @@ def audit_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)
         except grpc.RpcError as e:
             error = from_rpc_error(e)
-            target = kwargs.get("audit", DEFAULT_AUDIT)
+            target = str(kwargs.get("audit", ""))  # as resolved by the option
             if error.code == grpc.StatusCode.UNAVAILABLE:
                 fail(f"cannot reach the audit service at {target} (is it running?): {error.message}")
             if error.code == grpc.StatusCode.UNAUTHENTICATED and not os.environ.get(API_KEY_ENV, "").strip():
-                fail(f"{error.code.name}: {error.message}; set {API_KEY_ENV} to a key allowed audit:read")
-            fail(f"{error.code.name}: {error.message}")
+                fail(f"{error.code.name}: {error.message}; set {API_KEY_ENV} to a key allowed audit:read "
+                     f"(from the audit service at {target})")
+            fail(describe_rpc_error(e, target, AUDIT))
 
     return cli_errors(wrapper)
 
@@ -150,6 +169,11 @@ def record_row(record: audit_pb2.AuditRecord) -> list[str]:
             e.output_digest[:12] or "-", e.request_id]
 
 
+def tail_line(record: audit_pb2.AuditRecord) -> Text:
+    """One record as one line of ``audit tail``: its fields escaped, so none can break the line or reorder it."""
+    return plain("  ".join(record_row(record)))
+
+
 def records_table(records: list[audit_pb2.AuditRecord]) -> Table:
     table = Table("seq", "time", "principal", "model", "version", "status", "ms", "input", "output", "request id",
                   title="audit trail")
@@ -163,7 +187,7 @@ def records_table(records: list[audit_pb2.AuditRecord]) -> Table:
 def query(model: ModelOpt = "", version: VersionOpt = "", principal: PrincipalOpt = "", status: StatusOpt = "",
           since: SinceOpt = "", until: UntilOpt = "", request_id: RequestIdOpt = "", trace_id: TraceIdOpt = "",
           limit: Annotated[int, typer.Option("--limit", help="at most this many records (max 10000)")] = 100,
-          as_json: JsonOpt = False, audit: AuditOption = DEFAULT_AUDIT) -> None:
+          as_json: JsonOpt = False, audit: AuditOption = "") -> None:
     """Recorded calls matching every filter, oldest first."""
     request = _request(model, version, principal, status, since, until, request_id, limit, trace_id=trace_id)
     records = list(_records(audit, request, timeout=60.0))
@@ -178,7 +202,7 @@ def query(model: ModelOpt = "", version: VersionOpt = "", principal: PrincipalOp
 @audit_errors
 def tail(model: ModelOpt = "", version: VersionOpt = "", principal: PrincipalOpt = "", status: StatusOpt = "",
          limit: Annotated[int, typer.Option("--limit", help="recent records shown before following")] = 10,
-         as_json: JsonOpt = False, audit: AuditOption = DEFAULT_AUDIT) -> None:
+         as_json: JsonOpt = False, audit: AuditOption = "") -> None:
     """The most recent matching calls, then each new one as it is recorded, until Ctrl-C."""
     request = _request(model, version, principal, status, "", "", "", limit, follow=True)
     try:
@@ -186,14 +210,14 @@ def tail(model: ModelOpt = "", version: VersionOpt = "", principal: PrincipalOpt
             if as_json:
                 print(record_json(record), flush=True)
             else:
-                console.print("  ".join(record_row(record)), soft_wrap=True)
+                console.print(tail_line(record), soft_wrap=True)
     except KeyboardInterrupt:
         return
 
 
 @audit_app.command()
 @audit_errors
-def verify(audit: AuditOption = DEFAULT_AUDIT,
+def verify(audit: AuditOption = "",
            timeout: Annotated[float, typer.Option("--timeout", help="seconds to wait for the check")] = 600.0) -> None:
     """Check the hash chain; names the first record that was altered, inserted or removed (exit 1)."""
     with channel(audit) as ch:
@@ -202,7 +226,7 @@ def verify(audit: AuditOption = DEFAULT_AUDIT,
         console.print(f"[bold green]OK[/]: {response.records_checked} records, head hash {response.head_hash}")
         return
     fail(f"record {response.first_bad_sequence} does not fit the chain: {response.problem} "
-         f"({response.records_checked} records checked before it)")
+         f"({response.records_checked} records checked before it, by the audit service at {audit})")
 
 
 @audit_app.command()
@@ -210,7 +234,7 @@ def verify(audit: AuditOption = DEFAULT_AUDIT,
 def export(model: ModelOpt = "", version: VersionOpt = "", principal: PrincipalOpt = "", status: StatusOpt = "",
            since: SinceOpt = "", until: UntilOpt = "", request_id: RequestIdOpt = "", trace_id: TraceIdOpt = "",
            output: Annotated[Path | None, typer.Option("--output", "-o", help="write here, not to stdout")] = None,
-           audit: AuditOption = DEFAULT_AUDIT) -> None:
+           audit: AuditOption = "") -> None:
     """Every matching record as JSON lines, paging through the whole trail."""
     request = _request(model, version, principal, status, since, until, request_id, EXPORT_PAGE, trace_id=trace_id)
     out: TextIO = output.open("w") if output else sys.stdout

@@ -7,9 +7,9 @@ from typing import Annotated
 import aetcd
 import typer
 from google.protobuf import json_format
-from rich.table import Table
 
-from meshserve.cli.common import DEFAULT_ETCD, EtcdOption, cli_errors, console
+from meshserve.cli.common import EtcdOption, cli_errors, console
+from meshserve.cli.text import Table
 from meshserve.names import check_model_name
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 from meshserve.registry import keys
@@ -55,7 +55,7 @@ def set_policy(
     max_payload_bytes: Annotated[int, typer.Option(min=0, help="largest tensor stored (0: router default)")] = 0,
     redact: Annotated[list[str] | None, typer.Option(help="an input never stored (repeatable)")] = None,
     strict: Annotated[bool, typer.Option(help="refuse calls whose event cannot be durably queued")] = False,
-    etcd: EtcdOption = DEFAULT_ETCD,
+    etcd: EtcdOption = "",
 ) -> None:
     """Set MODEL's audit policy; routers apply it within a second."""
     check_model_name(model)
@@ -70,7 +70,7 @@ def set_policy(
 def show_policy(
     model: Annotated[str, typer.Argument(help="only this model")] = "",
     json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-    etcd: EtcdOption = DEFAULT_ETCD,
+    etcd: EtcdOption = "",
 ) -> None:
     """Show the audit policies set (models without one are audited with digests only)."""
     policies = _read(etcd, model)
@@ -83,7 +83,7 @@ def show_policy(
 
 @policy_app.command("clear")
 @cli_errors
-def clear_policy(model: Annotated[str, typer.Argument(help="model name")], etcd: EtcdOption = DEFAULT_ETCD) -> None:
+def clear_policy(model: Annotated[str, typer.Argument(help="model name")], etcd: EtcdOption = "") -> None:
     """Remove MODEL's policy: back to digests only, not strict."""
     _write(etcd, check_model_name(model), None)
     console.print(f"audit policy of {model!r} cleared")

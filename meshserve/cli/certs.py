@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from meshserve.cli.common import cli_errors, console
+from meshserve.cli.text import Table
 from meshserve.tls import certs
 
 certs_app = typer.Typer(help="The mesh CA and service certificates for TLS between mesh services.",

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
+from rich.text import Text
 
 from meshserve.cli.common import (
-    DEFAULT_ROUTER,
     RouterOption,
     TimeoutOption,
     UserError,
@@ -20,6 +20,7 @@ from meshserve.cli.common import (
 )
 from meshserve.cli.inputs import parse_input_flags, parse_json_inputs, shape_inputs
 from meshserve.cli.tables import outputs_table
+from meshserve.cli.text import printable
 from meshserve.oip.client import build_request, decode_response
 from meshserve.protos.inference import grpc_service_pb2 as pb
 
@@ -51,7 +52,7 @@ def infer(
         typer.Option("--json", help='inputs as a JSON object {"features": [[...]]}, or @file.json'),
     ] = None,
     output_format: Annotated[Format, typer.Option("--format", "-f", help="how to print the outputs")] = Format.table,
-    router: RouterOption = DEFAULT_ROUTER,
+    router: RouterOption = "",
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Send one inference request; inputs are shaped and typed from the model's metadata."""
@@ -85,5 +86,6 @@ def infer(
             "outputs": {name: _jsonable(array) for name, array in outputs.items()},
         }))
     else:
-        console.print(f"[bold]{response.model_name}[/] version {response.model_version or '-'}")
+        console.print(Text.assemble((printable(response.model_name), "bold"),
+                                    f" version {printable(response.model_version) or '-'}"))
         console.print(outputs_table(outputs, datatypes))

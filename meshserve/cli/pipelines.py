@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from meshserve import pipelines
-from meshserve.cli.common import DEFAULT_ROUTER, RouterOption, TimeoutOption, channel, cli_errors, console
+from meshserve.cli.common import RouterOption, TimeoutOption, channel, cli_errors, console
+from meshserve.cli.text import Table
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.protos.meshserve.registry.v1.registry_pb2_grpc import RegistryServiceStub
 
@@ -35,7 +35,7 @@ def _table(found: list[pb.Pipeline]) -> Table:
 @cli_errors
 def apply(
     file: Annotated[Path, typer.Argument(help="pipeline YAML file", exists=True, dir_okay=False)],
-    router: RouterOption = DEFAULT_ROUTER,
+    router: RouterOption = "",
     timeout: TimeoutOption = 30.0,
 ) -> None:
     """Check FILE against the running mesh and store it; every router serves it within a second.
@@ -53,7 +53,7 @@ def apply(
 @cli_errors
 def show(
     name: Annotated[str, typer.Argument(help="only this pipeline")] = "",
-    router: RouterOption = DEFAULT_ROUTER,
+    router: RouterOption = "",
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Show the pipelines you may read and their steps."""
@@ -66,7 +66,7 @@ def show(
 @cli_errors
 def remove(
     name: Annotated[str, typer.Argument(help="pipeline name")],
-    router: RouterOption = DEFAULT_ROUTER,
+    router: RouterOption = "",
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Remove a pipeline; calls to it get NOT_FOUND. Needs admin on NAME."""

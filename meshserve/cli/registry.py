@@ -8,14 +8,15 @@ import typer
 
 from meshserve import catalog
 from meshserve.cli.common import (
-    DEFAULT_ETCD,
-    DEFAULT_ROUTER,
+    ROUTER,
+    ROUTER_HELP,
     EtcdOption,
     RouterOption,
     TimeoutOption,
     channel,
     cli_errors,
     console,
+    mesh_address,
 )
 from meshserve.cli.tables import catalog_table, models_table, runtimes_table
 from meshserve.protos.meshserve.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -31,12 +32,18 @@ models_app = typer.Typer(help="The models of the mesh; register catalog models t
 def models(
     ctx: typer.Context,
     name: Annotated[str, typer.Option(help="only this model")] = "",
-    router: RouterOption = DEFAULT_ROUTER,
+    # Read here, not by the option (the subcommands take no router).
+    router: Annotated[str, typer.Option("--router", envvar=ROUTER.env, help=ROUTER_HELP)] = "",
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """List every model in the mesh: versions, runtime kind, ready replicas, state."""
     if ctx.invoked_subcommand is not None:
         return
+    _list_models(name=name, router=mesh_address(ROUTER, router), timeout=timeout)
+
+
+@cli_errors
+def _list_models(*, name: str, router: str, timeout: float) -> None:
     with channel(router) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)
         response = stub.ListModels(registry_pb2.ListModelsRequest(name=name), timeout=timeout)
@@ -53,7 +60,7 @@ def register(
         help="the version's folder (with manifest.yaml), relative to the runtimes' model repository or absolute "
              "within their --artifact-roots")],
     memory_mb: Annotated[float, typer.Option(min=0, help="memory it takes loaded (0: the runtime estimates)")] = 0.0,
-    etcd: EtcdOption = DEFAULT_ETCD,
+    etcd: EtcdOption = "",
 ) -> None:
     """Add NAME VERSION to the catalog: loaded on a runtime with room at its first call, not before."""
     entry = with_etcd(etcd, lambda client: catalog.register(
@@ -67,7 +74,7 @@ def register(
 def unregister(
     name: Annotated[str, typer.Argument(help="model name")],
     version: Annotated[str, typer.Argument(help="one version (default: every version)")] = "",
-    etcd: EtcdOption = DEFAULT_ETCD,
+    etcd: EtcdOption = "",
 ) -> None:
     """Remove NAME (or one VERSION) from the catalog; runtimes holding it keep it until they unload it."""
     with_etcd(etcd, lambda client: catalog.unregister(client, name, version))
@@ -75,7 +82,7 @@ def unregister(
 
 
 @cli_errors
-def runtimes(router: RouterOption = DEFAULT_ROUTER, timeout: TimeoutOption = 10.0) -> None:
+def runtimes(router: RouterOption = "", timeout: TimeoutOption = 10.0) -> None:
     """List every live runtime: id, kind, address, ready models."""
     with channel(router) as ch:
         stub = registry_pb2_grpc.RegistryServiceStub(ch)

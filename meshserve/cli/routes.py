@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from meshserve import routes
-from meshserve.cli.common import DEFAULT_ROUTER, RouterOption, TimeoutOption, channel, cli_errors, console
+from meshserve.cli.common import RouterOption, TimeoutOption, channel, cli_errors, console
+from meshserve.cli.text import Table
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.protos.meshserve.registry.v1.registry_pb2_grpc import RegistryServiceStub
 
@@ -61,7 +61,7 @@ def set_alias(
     alias: Annotated[str, typer.Argument(help="alias name, e.g. stable or canary")],
     version: Annotated[str, typer.Argument(help="the version it stands for (must be ready)")],
     wait: WaitOption = 0.0,
-    router: RouterOption = DEFAULT_ROUTER,
+    router: RouterOption = "",
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Point ALIAS of MODEL at VERSION; every router follows within a second. Needs admin on MODEL."""
@@ -74,7 +74,7 @@ def set_alias(
 def remove_alias(
     model: Annotated[str, typer.Argument(help="model name")],
     alias: Annotated[str, typer.Argument(help="alias name")],
-    router: RouterOption = DEFAULT_ROUTER,
+    router: RouterOption = "",
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Remove ALIAS of MODEL; calls naming it get NOT_FOUND. Needs admin on MODEL."""
@@ -93,7 +93,7 @@ def set_route(
         help="keep each authenticated principal on one side")] = False,
     shadow: Annotated[list[str] | None, typer.Option(help="mirror every call to this version (repeatable)")] = None,
     wait: WaitOption = 0.0,
-    router: RouterOption = DEFAULT_ROUTER,
+    router: RouterOption = "",
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Set MODEL's traffic policy (replacing the previous one; aliases stay). Needs admin on MODEL."""
@@ -105,7 +105,7 @@ def set_route(
 @cli_errors
 def clear_route(
     model: Annotated[str, typer.Argument(help="model name")],
-    router: RouterOption = DEFAULT_ROUTER,
+    router: RouterOption = "",
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Back to the latest ready version, no split, no shadows (aliases stay). Needs admin on MODEL."""
@@ -116,7 +116,7 @@ def clear_route(
 @cli_errors
 def show_routes(
     model: Annotated[str, typer.Argument(help="only this model")] = "",
-    router: RouterOption = DEFAULT_ROUTER,
+    router: RouterOption = "",
     timeout: TimeoutOption = 10.0,
 ) -> None:
     """Show the aliases and traffic policy of every model you may read (models without one go to their latest

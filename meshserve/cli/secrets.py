@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from meshserve.auth import mesh as mesh_credential
-from meshserve.cli.common import DEFAULT_ETCD, EtcdOption, UserError, cli_errors, console
+from meshserve.cli.common import EtcdOption, UserError, cli_errors, console
+from meshserve.cli.text import Table
 from meshserve.errors import Unauthenticated
 from meshserve.registry import etcd_auth
 from meshserve.registry.etcd import connect
@@ -56,7 +56,7 @@ def etcd_users(
     password_dir: Annotated[Path | None, typer.Option(
         help="folder of etcd-NAME.password files (made when missing); without it the users have no password "
              "and etcd names them by their TLS certificates")] = None,
-    etcd: EtcdOption = DEFAULT_ETCD,
+    etcd: EtcdOption = "",
 ) -> None:
     """Create one etcd user per mesh component, each with only its key ranges, and turn etcd's authentication on."""
     users = [_user(spec, password_dir) for spec in user]

@@ -7,8 +7,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from rich.table import Table
 
+from meshserve.cli.text import Table
 from meshserve.names import version_sort_key
 from meshserve.protos.meshserve.registry.v1 import registry_pb2
 

@@ -16,13 +16,12 @@ from typing import Annotated
 import typer
 from rich.console import Group
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
-from meshserve.cli.common import cli_errors, console
+from meshserve.cli.common import METRICS, cli_errors, console, metrics_addresses
 from meshserve.cli.scrape import Row, Scrape, Window, fetch, largest_bound, parse
+from meshserve.cli.text import Table, plain
 
-DEFAULT_METRICS = "127.0.0.1:8002"
 UNKNOWN_MODEL = "(unknown)"  # calls refused before their model was known, or naming no model in the mesh
 
 
@@ -94,20 +93,21 @@ def render(window: Window, scraper: Scraper, interval: float) -> Group:
     footer = Text(f"routers: {answered} of {len(scraper.targets)} answering · "
                   f"{_rate(sum(r.calls_per_s for r in rows))} calls/s · "
                   f"{window.total_inflight:g} calls held open · scrape errors: {len(scraper.errors)}")
-    lines = [Text(f"  {target}: {error}", style="red") for target, error in sorted(scraper.errors.items())]
+    lines = [plain(f"  {target}: {error}", style="red") for target, error in sorted(scraper.errors.items())]
     return Group(table, footer, *lines)
 
 
 @cli_errors
 def top(
     metrics: Annotated[list[str] | None, typer.Option(
-        "--metrics", envvar="MESHSERVE_METRICS",
-        help=f"a router's metrics host:port (repeatable; default {DEFAULT_METRICS})")] = None,
+        "--metrics", envvar=METRICS.env,
+        help="a router's metrics host:port (repeatable; default: every router of the mesh `meshserve up` runs)")
+    ] = None,
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between refreshes")] = 1.0,
     once: Annotated[bool, typer.Option(help="print one table (rates over one interval) and exit")] = False,
 ) -> None:
     """Live calls/s, errors/s, p50 and p99 latency and calls in flight per model, from the routers' metrics."""
-    scraper = Scraper(list(metrics or [DEFAULT_METRICS]), timeout=min(max(interval, 0.5), 5.0))
+    scraper = Scraper(metrics_addresses(list(metrics or [])), timeout=min(max(interval, 0.5), 5.0))
     try:
         first = scraper.window()
         if once:

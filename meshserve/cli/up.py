@@ -17,6 +17,7 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 import meshserve
+from meshserve.cli import context as mesh_context
 from meshserve.cli.common import UserError, cli_errors, console, err_console
 from meshserve.cli.tables import endpoints_table
 from meshserve.local.mesh import DEFAULT_AUDIT_PORT, DEFAULT_ROUTER_PORT, LocalMesh, MeshConfig, port_is_free
@@ -94,6 +95,23 @@ def _write_announce(path: Path, mesh: LocalMesh) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data))
     tmp.replace(path)
+
+
+def _record_context(mesh: LocalMesh) -> mesh_context.Claim:
+    """Record where the mesh listens, for commands given no address; say where."""
+    metrics = [mesh.metrics_addresses[n] for n in mesh.router_names() if n in mesh.metrics_addresses]
+    claim = mesh_context.claim(mesh_context.make(
+        router=mesh.router_address, routers=mesh.router_addresses, etcd=mesh.etcd_endpoint, audit=mesh.audit_address,
+        nats=mesh.nats_url, metrics=metrics, tls=mesh.tls_files("operator") if mesh.config.tls else None,
+        data_dir=mesh.data_dir, etcd_env=mesh.operator_env()))
+    if claim.holder is None:
+        console.print(f"commands given no address act on this mesh (context: {claim.path})", markup=False)
+    else:
+        console.print(f"another mesh (meshserve up, pid {claim.holder.pid}, router {claim.holder.router}) holds "
+                      f"{mesh_context.context_path()}: commands given no address act on that one. For this one:",
+                      markup=False)
+        console.print(f"export {mesh_context.CONTEXT_ENV}={claim.path}", markup=False, soft_wrap=True)
+    return claim
 
 
 def _metrics_url(mesh: LocalMesh, name: str) -> str:
@@ -174,6 +192,7 @@ def up(
     ))
     pids: dict[str, int] = {}
     exit_code = 0
+    context: mesh_context.Claim | None = None
     try:
         _start(mesh)
         pids = mesh.pids()
@@ -198,17 +217,17 @@ def up(
                           "(`meshserve keys create`).")
         if tls:
             ca, cert, key = mesh.tls_files("operator")
-            console.print(f"TLS on every link (mesh CA {ca}). Commands in another shell need the operator "
-                          "certificate:")
+            console.print(f"TLS on every link (mesh CA {ca}). Commands given no address use the operator "
+                          "certificate of the context; given an address, they need:")
             console.print(f"export MESHSERVE_TLS_CA={ca} MESHSERVE_TLS_CERT={cert} MESHSERVE_TLS_KEY={key}",
                           markup=False, soft_wrap=True)
         else:
             console.print("[bold yellow]PLAIN TEXT:[/] services talk without TLS; pass --tls for a mesh CA and "
                           "TLS on every link.")
         if operator := mesh.operator_env():
-            console.print("etcd requires a user: runtimes and routers have their own. Commands in another shell "
-                          "that change the registry (keys, policy, audit policy, models register) need the "
-                          "operator's:")
+            console.print("etcd requires a user: runtimes and routers have their own. Commands that change the "
+                          "registry (keys, policy, audit policy, models register) act as its operator when they "
+                          "use this mesh's context; given --etcd, they need:")
             console.print("export " + " ".join(f"{k}={v}" for k, v in operator.items()), markup=False,
                           soft_wrap=True)
         console.print("try:")
@@ -217,6 +236,7 @@ def up(
         if watched := [mesh.metrics_addresses[n] for n in mesh.router_names() if n in mesh.metrics_addresses]:
             console.print("watch the calls: meshserve top" + "".join(f" --metrics {a}" for a in watched),
                           markup=False, soft_wrap=True)
+        context = _record_context(mesh)
         console.print("[bold]Ctrl-C to stop[/]")
         if announce_file is not None:
             _write_announce(announce_file, mesh)
@@ -229,6 +249,8 @@ def up(
     except KeyboardInterrupt:
         pass
     finally:
+        if context is not None:  # commands no longer find a mesh that is stopping
+            mesh_context.release(context)
         pids = pids or mesh.pids()
         # Ignore further Ctrl-C while stopping, so no child is left behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -14,7 +14,7 @@ import aetcd
 import grpc
 from aetcd import rpc, watcher
 
-from meshserve.errors import PermissionDenied, Unauthenticated, Unavailable
+from meshserve.errors import MeshError, PermissionDenied, Unauthenticated, Unavailable, error_for
 from meshserve.registry import keys
 from meshserve.registry.etcd_token import EtcdCredentials, TokenKeeper
 from meshserve.tls import MeshTls, aio_channel, required
@@ -166,4 +166,27 @@ def with_etcd(endpoint: str, work: Callable[[aetcd.Client], Awaitable[T]]) -> T:
             return await work(client)
         finally:
             await client.close()
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except (aetcd.ClientError, grpc.RpcError) as e:
+        raise etcd_error(endpoint, e) from e
+
+
+# What aetcd's errors stand for, as gRPC status codes (aetcd maps etcd's answers to these classes).
+_ETCD_CODES: tuple[tuple[type[aetcd.ClientError], grpc.StatusCode], ...] = (
+    (aetcd.exceptions.ConnectionFailedError, grpc.StatusCode.UNAVAILABLE),
+    (aetcd.exceptions.ConnectionTimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (aetcd.exceptions.UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (aetcd.exceptions.InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (aetcd.exceptions.PreconditionFailedError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def etcd_error(endpoint: str, error: Exception) -> MeshError:
+    """An error of the etcd at ``endpoint`` (aetcd's or gRPC's) as a MeshError naming that address."""
+    if isinstance(error, grpc.RpcError) and hasattr(error, "code"):
+        code, text = error.code(), error.details() or error.code().name
+    else:
+        code = next((c for cls, c in _ETCD_CODES if isinstance(error, cls)), grpc.StatusCode.INTERNAL)
+        text = str(error) or type(error).__name__
+    return error_for(code, f"etcd at {endpoint}: {text}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshserve.errors import InvalidArgument
+from meshserve.names import check_request_id
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 
 from .events import STATUS_CODES
@@ -125,6 +126,6 @@ def parse_request(request: audit_pb2.QueryRequest) -> tuple[Filter, int, int]:
     flt = Filter(
         model=request.model, version=request.version, principal=request.principal, status_code=status_code,
         since_unix_nanos=request.since_unix_nanos, until_unix_nanos=request.until_unix_nanos,
-        request_id=request.request_id, trace_id=request.trace_id.strip().lower(),
+        request_id=check_request_id(request.request_id, "request_id filter"), trace_id=request.trace_id.strip().lower(),
     )
     return flt, decode_page_token(request.page_token), request.limit or DEFAULT_LIMIT

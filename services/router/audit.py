@@ -31,6 +31,7 @@ from meshserve.audit.journal import Journal, Segment
 from meshserve.audit.publisher import Event, EventPublisher
 from meshserve.auth.access import ANONYMOUS
 from meshserve.errors import Unavailable
+from meshserve.names import is_request_id
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 from meshserve.registry.cache import Replica
@@ -306,8 +307,9 @@ class CallAudit:
                 outputs = response_tensors(self._infer_response(record.method, response, event))
                 event.output_digest = side_digest(outputs)
                 event.outputs.extend(self._records(outputs, policy, ()))
-        event.request_id = (record.request_id or event.request_id or _metadata_value(record, "x-request-id")
-                            or event.event_id)
+        request_id = record.request_id or event.request_id or _metadata_value(record, "x-request-id")
+        # A refused id is not stored: the event's own id stands in (the status message shows it escaped).
+        event.request_id = request_id if request_id and is_request_id(request_id) else event.event_id
         if record.shadow:  # the mirrored request is the caller's: link the shadow to it
             event.parent_request_id = event.request_id
         elif record.parent_request_id:

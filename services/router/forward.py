@@ -19,7 +19,8 @@ from meshserve import tracing
 from meshserve.auth import mesh as mesh_credential
 from meshserve.auth.access import Access
 from meshserve.auth.limits import RateLimiter, check_request
-from meshserve.errors import REFUSALS, MeshError, as_mesh_error, error_for, too_large
+from meshserve.errors import REFUSALS, InvalidArgument, MeshError, as_mesh_error, error_for, too_large
+from meshserve.names import check_request_id, is_request_id
 from meshserve.protos.inference import grpc_service_pb2 as oip
 
 from .audit import Call, CallAudit, Metadata
@@ -28,7 +29,7 @@ from .pipelines import Forward, PipelineRunner
 from .replicas import Connection, ConnectionPool
 from .resolve import NotPlaced, Resolver
 from .streams import Awaiting
-from .wire import string_field, string_fields
+from .wire import request_fields, string_field, string_fields
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ STREAM_BUFFER = 64
 # Shadow calls run in the background, each with this deadline, at most this many at once.
 SHADOW_TIMEOUT_S = 30.0
 MAX_SHADOWS_IN_FLIGHT = 256
+# A stream refused at its start waits this long for its first request, to audit the model it asked for.
+REFUSED_STREAM_WAIT_S = 1.0
+REQUEST_ID_HEADER = "x-request-id"
 
 
 # Metadata gRPC sets itself, never passed on to a runtime.
@@ -59,6 +63,15 @@ def forwarded_metadata(context: Context) -> Metadata:
         (m.key, m.value) for m in context.invocation_metadata() or ()
         if m.key not in _TRANSPORT_KEYS and not m.key.startswith(":")
     )
+
+
+def check_request_ids(request_id: str, metadata: Metadata) -> None:
+    """Refuse a request id (the request's own, or its x-request-id header) that is not a valid one."""
+    if request_id and not is_request_id(request_id):
+        check_request_id(request_id)
+    for key, value in metadata:
+        if key == REQUEST_ID_HEADER and not (isinstance(value, str) and is_request_id(value)):
+            check_request_id(str(value), f"{REQUEST_ID_HEADER} header")
 
 
 def link_metadata(metadata: Metadata) -> dict[str, str]:
@@ -111,9 +124,13 @@ class Forwarder:
         self.max_message_bytes = max_message_bytes
 
     def unary(self, method: str, name_field: int = 1, version_field: int = 2, link_method: int = 0,
-              audited: bool = False, mirrored: bool = False,
-              action: str = "infer") -> Callable[[bytes, Context], Coroutine[Any, Any, bytes]]:
+              audited: bool = False, mirrored: bool = False, action: str = "infer",
+              id_field: int = 0) -> Callable[[bytes, Context], Coroutine[Any, Any, bytes]]:
         """A gRPC handler forwarding ``method``, routed by the given string fields.
+
+        The model and version are read before the caller is authenticated, so every
+        refusal names what was asked for; a request id (field ``id_field``, or the
+        x-request-id header) that is not a valid one is refused with INVALID_ARGUMENT.
 
         With ``link_method``, replicas that offer a mesh link are called over it; others
         over gRPC. ``audited`` calls become call events (when the router audits);
@@ -132,13 +149,23 @@ class Forwarder:
             if len(response) > limit:  # gRPC would fail the call after it was audited as answered
                 raise too_large(f"the answer of model {call.model!r}", len(response), limit, "this router sends")
 
+        message = f"{method}Request"
+
+        def asked(call: Call, request: bytes) -> str:
+            """Note the model and version ``request`` asks for; its request id."""
+            call.model, call.requested_version, request_id = request_fields(request, name_field, version_field,
+                                                                            id_field, message)
+            return request_id
+
         async def handler(request: bytes, context: Context) -> bytes:
             call = Call(method)
             metadata = forwarded_metadata(context)
             code = _UNKNOWN
             metrics.inflight += 1
             try:
+                request_id = asked(call, request)
                 call.principal = authenticate(context.invocation_metadata() or ())
+                check_request_ids(request_id, metadata)
                 response = await forward(call, request, context.time_remaining, metadata)
                 check_size(call, response)
                 if shadows is not None and (versions := shadows(call.model)):
@@ -165,7 +192,9 @@ class Forwarder:
             code = _UNKNOWN
             metrics.inflight += 1
             try:
+                request_id = asked(call, request)
                 call.principal = authenticate(context.invocation_metadata() or ())
+                check_request_ids(request_id, metadata)
                 response = await forward(call, request, context.time_remaining, metadata)
                 check_size(call, response)
                 if shadows is not None and (versions := shadows(call.model)):
@@ -252,7 +281,10 @@ class Forwarder:
 
         async def forward(call: Call, request: bytes, time_remaining: Callable[[], float | None],
                           metadata: Metadata) -> bytes:
-            call.model, call.requested_version = name, version = string_fields(request, name_field, version_field)
+            if call.model:  # the handler read them
+                name, version = call.model, call.requested_version
+            else:
+                call.model, call.requested_version = name, version = string_fields(request, name_field, version_field)
             if not call.trusted:
                 check(call.principal, name, action)
                 if take is not None:
@@ -341,12 +373,17 @@ class Forwarder:
         metadata = forwarded_metadata(context)
         audit = self.audit if self.audit.enabled else None
         peer = context.peer() if audit else ""
+        refused = Call(_STREAM)
         try:
-            principal = self.access.authenticate(context.invocation_metadata() or ())
+            principal = refused.principal = self.access.authenticate(context.invocation_metadata() or ())
+            check_request_ids("", metadata)
         except MeshError as e:
-            refused = Call(_STREAM)
+            # Audited with the model of the first request, if one comes soon.
+            first = await _first_request(requests, min(REFUSED_STREAM_WAIT_S, timeout or REFUSED_STREAM_WAIT_S))
+            with contextlib.suppress(InvalidArgument):
+                refused.model, refused.requested_version = string_fields(first, 1, 2)
             self.metrics.done(_STREAM, refused, e.code)
-            self.audit.record(refused, b"", None, e.code, e.message, context.peer(), metadata)
+            self.audit.record(refused, first, None, e.code, e.message, context.peer(), metadata)
             await context.abort(e.code, e.message)
 
         done = self.metrics.done
@@ -398,7 +435,9 @@ class Forwarder:
                     call = Call("ModelStreamInfer")
                     call.principal = principal
                     try:
-                        call.model, call.requested_version = name, version = string_fields(request, 1, 2)
+                        name, version, request_id = request_fields(request, 1, 2, 3, "ModelInferRequest")
+                        call.model, call.requested_version = name, version
+                        check_request_ids(request_id, ())
                         self.access.check(principal, name, "infer")
                         self.rates.take(principal.name)
                         if (limits := self.resolver.cache.model_limits.get(name)) is not None:
@@ -457,3 +496,11 @@ class Forwarder:
                 for entry in pending.drain():
                     if not entry.answers:
                         audited(entry.call, entry.request, None, _CANCELLED, "the stream ended before the answer")
+
+
+async def _first_request(requests: AsyncIterator[bytes], wait: float) -> bytes:
+    """The first request of a stream, if it comes within ``wait`` seconds; else b""."""
+    try:
+        return await asyncio.wait_for(anext(requests), wait)
+    except (StopAsyncIteration, TimeoutError, grpc.RpcError):
+        return b""

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 
 from meshserve import tracing
 from meshserve.errors import InvalidArgument, MeshError, error_for
+from meshserve.names import check_request_id
 from meshserve.oip.codec import decode_tensor, raw_bytes
 from meshserve.oip.datatypes import DATATYPES
 from meshserve.pipelines import dependencies, order
@@ -85,7 +86,7 @@ class PipelineRunner:
             raise InvalidArgument("request is not a valid ModelInferRequest protobuf message") from e
         call.replica = Replica(f"{KIND}/{pipeline.name}", KIND, ROUTER_PEER, "")
         request_id = parsed.id or dict(metadata).get("x-request-id") or uuid.uuid4().hex
-        call.request_id = str(request_id)
+        call.request_id = check_request_id(str(request_id))  # the steps' parent id: one the trail can show
         tensors = self._inputs(pipeline, parsed)
         for wave in self._waves(pipeline):
             if len(wave) == 1:  # a chain: no task to create

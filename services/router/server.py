@@ -103,7 +103,8 @@ class Router:
         self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)
         fwd = self.forwarder
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-            "ModelInfer": _raw(fwd.unary("ModelInfer", link_method=MODEL_INFER, audited=True, mirrored=True)),
+            "ModelInfer": _raw(fwd.unary("ModelInfer", link_method=MODEL_INFER, audited=True, mirrored=True,
+                                         id_field=3)),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(fwd.stream_infer),
             "ModelConfig": _raw(fwd.unary("ModelConfig", action="metadata")),
             "ModelStatistics": _raw(fwd.unary("ModelStatistics", action="metadata")),

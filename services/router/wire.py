@@ -3,7 +3,8 @@
 The router forwards requests as the bytes it received. To route, it needs only the
 model name and version, which every request it routes keeps in string fields: 1 and 2
 in ModelInferRequest, ModelMetadataRequest, ModelReadyRequest and ModelConfigRequest,
-2 (name only) in RepositoryModelLoadRequest and RepositoryModelUnloadRequest. This scan
+2 (name only) in RepositoryModelLoadRequest and RepositoryModelUnloadRequest; and, to
+check it, a ModelInferRequest's id (field 3). This scan
 walks the top-level fields, skipping the tensors by their length prefixes, and checks the
 wire format on the way, so bytes that are not a protobuf message are refused here.
 """
@@ -48,7 +49,21 @@ def string_field(number: int, value: str) -> bytes:
 
 def string_fields(data: bytes, first: int, second: int = 0) -> tuple[str, str]:
     """Values of string fields ``first`` and ``second`` ("" when absent; last one wins)."""
-    values = ["", ""]
+    values = _strings(data, first, second, 0)
+    return values[0], values[1]
+
+
+def request_fields(data: bytes, name: int, version: int, request_id: int,
+                   message: str = "request") -> tuple[str, str, str]:
+    """Model name, version and request id of a ``message``, from the fields numbered so (0: none)."""
+    values = _strings(data, name, version, request_id, message)
+    return values[0], values[1], values[2]
+
+
+def _strings(data: bytes, first: int, second: int, third: int, message: str = "request") -> list[str]:
+    """Values of string fields ``first``, ``second`` and ``third`` (0: not wanted); checks the wire format."""
+    wanted = (first, second, third)
+    values = ["", "", ""]
     i, end = 0, len(data)
     while i < end:
         key = data[i]
@@ -67,13 +82,13 @@ def string_fields(data: bytes, first: int, second: int = 0) -> tuple[str, str]:
                 i += 1
             if i + length > end:
                 raise InvalidArgument(f"{_NOT_PROTOBUF}: field {field} runs past the end")
-            if field in (first, second):
+            if field in wanted:
                 try:
-                    values[field != first] = data[i:i + length].decode()
+                    values[wanted.index(field)] = data[i:i + length].decode()
                 except UnicodeDecodeError as e:
-                    raise InvalidArgument(f"field {field} of the request is not valid UTF-8") from e
+                    raise InvalidArgument(f"field {field} of the {message} is not valid UTF-8") from e
             i += length
-        elif field in (first, second):
+        elif field in wanted:
             raise InvalidArgument(f"{_NOT_PROTOBUF}: field {field} should hold a string")
         elif wire_type == 0:
             _, i = _varint(data, i)
@@ -85,4 +100,4 @@ def string_fields(data: bytes, first: int, second: int = 0) -> tuple[str, str]:
             raise InvalidArgument(f"{_NOT_PROTOBUF}: unsupported wire type {wire_type}")
     if i != end:
         raise InvalidArgument(f"{_NOT_PROTOBUF}: truncated")
-    return values[0], values[1]
+    return values

@@ -16,8 +16,11 @@ from typing import Any, TypeVar
 import pytest
 from e2e.helpers import assert_eventually
 
+from meshserve.cli.context import CONTEXT_ENV
+
 MESHSERVE = str(Path(sys.executable).parent / "meshserve")
 T = TypeVar("T")
+ADDRESS_VARIABLES = ("MESHSERVE_ROUTER", "MESHSERVE_ETCD", "MESHSERVE_AUDIT", "MESHSERVE_METRICS")
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,7 +45,9 @@ def alive(pid: int) -> bool:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([MESHSERVE, *args], capture_output=True, text=True, timeout=60, check=False)
+    """The command as a user runs it, with no address in the environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ADDRESS_VARIABLES}
+    return subprocess.run([MESHSERVE, *args], capture_output=True, text=True, timeout=60, check=False, env=env)
 
 
 @pytest.fixture
@@ -136,6 +141,22 @@ def test_up_serves_models_and_stops_every_child(mesh_up: tuple[subprocess.Popen[
     missing = cli("infer", "nosuchmodel", "--router", router, "--input", "x=[1]")
     assert missing.returncode == 1
     assert "NOT_FOUND" in missing.stderr and "Traceback" not in missing.stderr
+    assert f"(from the router at {router})" in " ".join(missing.stderr.split())  # the peer that answered
+
+    # Given no address, commands act on this mesh: `meshserve up` recorded where it listens.
+    context_file = Path(os.environ[CONTEXT_ENV])
+    recorded = json.loads(context_file.read_text())
+    assert (recorded["router"], recorded["etcd"], recorded["audit"], recorded["nats"], recorded["pid"]) == \
+        (router, info["etcd"], info["audit"], info["nats"], proc.pid)
+    listed = cli("models")
+    assert listed.returncode == 0 and "iris" in listed.stdout, listed.stderr
+    assert cli("keys", "list").returncode == 0  # etcd
+    trail = cli("audit", "query", "--model", "iris", "--json")
+    assert trail.returncode == 0 and len(trail.stdout.splitlines()) >= 2, trail.stderr
+    top = cli("top", "--once", "--interval", "0.5")
+    assert top.returncode == 0 and "routers: 1 of 1 answering" in top.stdout, top.stdout + top.stderr
+    unknown = cli("infer", "nosuchmodel", "--input", "x=[1]")
+    assert unknown.returncode == 1 and f"(from the router at {router})" in " ".join(unknown.stderr.split())
 
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -143,3 +164,6 @@ def test_up_serves_models_and_stops_every_child(mesh_up: tuple[subprocess.Popen[
     assert "stopped" in out
     for name, pid in children.items():
         assert not alive(pid), f"{name} (pid {pid}) still runs after meshserve up stopped"
+    assert not context_file.exists()  # commands no longer find a mesh that is gone
+    gone = cli("models")
+    assert gone.returncode == 1 and "--router" in gone.stderr and "MESHSERVE_ROUTER" in gone.stderr

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic_settings import BaseSettings
 
 from meshserve import tls
+from meshserve.cli.context import CONTEXT_ENV
 from meshserve.runtimes.python.settings import PythonRuntimeSettings
 from meshserve.runtimes.r.settings import RRuntimeSettings
 from meshserve.runtimes.triton.settings import TritonRegistrarSettings
@@ -36,10 +37,13 @@ SERVICES: dict[str, type[BaseSettings]] = {
 
 @functools.cache
 def cli_env_vars() -> frozenset[str]:
-    """Environment variables the `meshserve` command line reads (its typer options and TLS files)."""
-    names = {tls.ENV_PREFIX + part for part in ("CA", "CERT", "KEY")} | {"MESHSERVE_API_KEY"}
+    """Environment variables the `meshserve` command line reads (its typer options, the services' addresses,
+    the context file and TLS files)."""
+    names = {tls.ENV_PREFIX + part for part in ("CA", "CERT", "KEY")} | {"MESHSERVE_API_KEY", CONTEXT_ENV}
     for path in (ROOT / "meshserve" / "cli").glob("*.py"):
-        names |= set(re.findall(r'envvar="(MESHSERVE_[A-Z_]+)"', path.read_text()))
+        text = path.read_text()
+        names |= set(re.findall(r'envvar="(MESHSERVE_[A-Z_]+)"', text))
+        names |= set(re.findall(r'Service\("\w+", "--[\w-]+", "(MESHSERVE_[A-Z_]+)"', text))
     return frozenset(names)
 
 

@@ -7,7 +7,11 @@ certificate, and the audit service reads the trail from NATS over TLS.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -15,6 +19,7 @@ import pytest
 from e2e.helpers import ROOT, assert_eventually, rpc_error
 from e2e_triton.conftest import require_triton
 
+from meshserve.cli import context
 from meshserve.local.mesh import LocalMesh, MeshConfig
 from meshserve.oip import build_request, decode_response
 from meshserve.protos.inference import grpc_service_pb2 as oip
@@ -95,3 +100,16 @@ def test_the_audit_trail_arrives_over_tls(mesh: LocalMesh) -> None:
             return len(found)
 
         assert assert_eventually(pipeline_calls, timeout=15) >= 1
+
+
+def test_commands_given_no_address_use_the_operator_certificate_of_the_context(mesh: LocalMesh,
+                                                                               tmp_path: Path) -> None:
+    path = tmp_path / "context.json"
+    context.write(path, context.make(
+        router=mesh.router_address, routers=mesh.router_addresses, etcd=mesh.etcd_endpoint, audit=mesh.audit_address,
+        nats=mesh.nats_url, metrics=[], tls=mesh.tls_files("operator"), data_dir=mesh.data_dir))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHSERVE_")} | {context.CONTEXT_ENV: str(path)}
+    for args, words in ((["models"], "sentiment"), (["keys", "list"], "API keys"), (["audit", "verify"], "OK")):
+        done = subprocess.run([sys.executable, "-m", "meshserve.cli.main", *args], capture_output=True, text=True,
+                              timeout=60, check=False, env={**env, "COLUMNS": "200"})
+        assert done.returncode == 0 and words in done.stdout, (args, done.stdout, done.stderr)
