@@ -185,10 +185,7 @@ class TritonServer:
             self.process = None
 
     def stop(self) -> None:
+        """Stop Triton; the stubs a crashed Triton (it can abort) left behind go with its process group."""
         if self.process is not None:
-            group = self.process.pid  # Triton leads its own process group (start_new_session)
             self.process.stop(grace=10)
             self.process = None
-            # A Triton that crashed (it can abort) leaves its Python-backend stubs behind.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(group, signal.SIGKILL)
