@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from meshserve import tls, tracing
+from meshserve.ports import bind_error
 from meshserve.protos._pool import POOL
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        # grpcio sets SO_REUSEPORT by default: a leftover process would take a share of the calls.
         ("grpc.so_reuseport", 0),
     ]
 
@@ -80,16 +82,21 @@ class ServiceServer:
     def bind(self, host: str, port: int, *, require_client_cert: bool = False) -> str:
         """Listen on host:port (port 0 picks a free one) and return the bound address.
 
+        Never shares the port (no SO_REUSEPORT): one in use raises :class:`~meshserve.ports.PortInUse`.
+
         TLS when the process has a mesh identity (:mod:`meshserve.tls`); then, with
         ``require_client_cert``, only callers holding a mesh certificate get in.
         """
         credentials = tls.server_credentials(require_client_cert=require_client_cert)
-        if credentials is None:
-            bound = self.server.add_insecure_port(f"{host}:{port}")
-        else:
-            bound = self.server.add_secure_port(f"{host}:{port}", credentials)
+        try:
+            if credentials is None:
+                bound = self.server.add_insecure_port(f"{host}:{port}")
+            else:
+                bound = self.server.add_secure_port(f"{host}:{port}", credentials)
+        except RuntimeError:  # grpcio's "Failed to bind to address"
+            bound = 0
         if bound == 0:
-            raise OSError(f"cannot listen on {host}:{port}: address in use or not allowed")
+            raise bind_error(host, port)
         self.address = f"{host}:{bound}"
         return self.address
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -12,6 +13,7 @@ from meshserve import tls
 from meshserve.errors import MeshError
 from meshserve.link import frames
 from meshserve.link.frames import Frame, FrameReader, ProtocolError
+from meshserve.ports import PortInUse
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,11 @@ async def serve_link(host: str, port: int, handler: LinkHandler, max_message_byt
     loop = asyncio.get_running_loop()
     max_length = max_message_bytes + frames.OVERHEAD
     connections: set[_Connection] = set()
-    server = await loop.create_server(lambda: _Connection(handler, max_length, connections), host, port,
-                                      ssl=tls.server_context(require_client_cert=True))
+    try:  # reuse_port stays off: the port is ours alone
+        server = await loop.create_server(lambda: _Connection(handler, max_length, connections), host, port,
+                                          ssl=tls.server_context(require_client_cert=True), reuse_port=False)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port, "cannot serve the mesh link") from e
+        raise
     return LinkServer(server, host, connections)

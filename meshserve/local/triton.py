@@ -130,6 +130,8 @@ class TritonServer:
             "--allow-metrics=false", "--pinned-memory-pool-byte-size=0", "--exit-timeout-secs=5",
             # A model that fails to load is reported (the registrar shows it as failed), not fatal.
             "--exit-on-error=false", "--strict-readiness=false",
+            # Its ports are its own (no SO_REUSEPORT): a Triton left running makes a new one fail at once.
+            "--reuse-grpc-port=false", "--reuse-http-port=false",
         ]
         if self.explicit:
             argv += ["--model-control-mode=explicit", "--load-model=*"]

@@ -16,7 +16,7 @@ from meshserve.auth.jwt_settings import verifier_from_settings
 from meshserve.auth.limits import RateLimiter
 from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer
-from meshserve.lifecycle import run_until_signalled
+from meshserve.lifecycle import Parts, run_until_signalled
 from meshserve.link import MODEL_INFER
 from meshserve.metrics import MetricsServer
 from meshserve.protos.inference import grpc_service_pb2 as oip
@@ -58,6 +58,8 @@ class Router:
 
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
+        self.parts = Parts("router")
+        self._grace = 2.0
         tracing.setup(settings, "router", settings.router_id)  # before the server and channels: they depend on it
         self.metrics = RouterMetrics()
         self.metrics_server = MetricsServer(self.metrics.registry)
@@ -112,32 +114,36 @@ class Router:
         self.pool.retain({p.address for p in self.cache.placements.values()})
 
     async def start(self) -> None:
-        """Serve metrics, load the registry, then listen on the configured port (see :attr:`address`)."""
+        """Take the port (one in use fails here, at once), serve metrics, load the registry, then serve calls."""
+        settings, parts = self.settings, self.parts
+        address = self.grpc.bind(settings.host, settings.port)  # before any wait for etcd
+        parts.on_stop("connections", self.pool.close)
         # The default port gives way when taken (several routers on one host); one asked for must be free.
-        self.metrics_server.start(self.settings.host, self.settings.metrics_port,
-                                  fallback="metrics_port" not in self.settings.model_fields_set)
-        await self.cache.start(wait=self.settings.etcd_wait_s)
+        self.metrics_server.start(settings.host, settings.metrics_port,
+                                  fallback="metrics_port" not in settings.model_fields_set)
+        parts.on_stop("metrics server", self.metrics_server.stop)
+        parts.on_stop("registry cache", self.cache.stop)
+        await self.cache.start(wait=settings.etcd_wait_s)
+        parts.on_stop("scaler", self.scaler.stop)
         self.scaler.start()
+        parts.on_stop("audit events", self.audit.stop)  # after the server: the calls in flight are noted
         await self.audit.start()
         if not self.audit.enabled:
             log.warning("auditing is OFF: no --nats-url, so calls leave no audit trail")
-        if self.settings.dev_mode:
+        if settings.dev_mode:
             log.warning("DEV MODE: callers WITHOUT A KEY may infer and read metadata of EVERY model; "
                         "never run a router with --dev-mode outside local development")
-        address = self.grpc.bind(self.settings.host, self.settings.port)
+        parts.on_stop("gRPC server", lambda: self.grpc.stop(self._grace))
         await self.grpc.start()
-        log.info("router serving the inference protocol on %s (etcd %s)", address, self.settings.etcd_endpoint)
+        log.info("router serving the inference protocol on %s (etcd %s)", address, settings.etcd_endpoint)
 
     def announcement(self) -> dict[str, str]:
         return {"address": self.address, "metrics_address": self.metrics_server.address}
 
     async def stop(self, grace: float = 2.0) -> None:
-        await self.grpc.stop(grace)
-        await self.scaler.stop()
-        await self.audit.stop()
-        await self.cache.stop()
-        await self.pool.close()
-        await self.metrics_server.stop()
+        """Stop taking calls (those in flight get ``grace`` seconds), then every other part, the last started first."""
+        self._grace = grace
+        await self.parts.stop()
 
 
 def create_server(settings: RouterSettings) -> Router:
