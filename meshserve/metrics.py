@@ -31,6 +31,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from meshserve.ports import PortInUse
+
 log = logging.getLogger(__name__)
 
 PREFIX = "meshserve"
@@ -185,11 +187,14 @@ class MetricsServer:
         if port < 0:
             return ""
         disable_created_metrics()  # type: ignore[no-untyped-call] # *_created series: twice the output, unread
-        try:
+        try:  # http.server sets SO_REUSEADDR, never SO_REUSEPORT: the port is ours alone
             self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as e:
-            if not (fallback and port and e.errno == errno.EADDRINUSE):
-                raise OSError(e.errno, f"cannot serve metrics on {format_address(host, port)}: {e.strerror}") from e
+            what = f"cannot serve metrics on {format_address(host, port)}"
+            if e.errno != errno.EADDRINUSE:
+                raise OSError(e.errno, f"{what}: {e.strerror}") from e
+            if not (fallback and port):
+                raise PortInUse(host, port, what) from e
             self._server, self._thread = start_http_server(0, addr=host, registry=self.registry)
             log.warning("metrics port %d is in use: serving metrics on port %d instead (pass --metrics-port)",
                         port, self._server.server_port)

@@ -1,4 +1,4 @@
-"""``meshserve up``: the local mesh in the foreground until Ctrl-C or SIGTERM."""
+"""``meshserve up``: the local mesh in the foreground until Ctrl-C or SIGTERM, restarting a child that dies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -21,7 +22,7 @@ from meshserve.cli import context as mesh_context
 from meshserve.cli.common import UserError, cli_errors, console, err_console
 from meshserve.cli.tables import endpoints_table
 from meshserve.local.mesh import DEFAULT_AUDIT_PORT, DEFAULT_ROUTER_PORT, LocalMesh, MeshConfig, port_is_free
-from meshserve.local.process import tail
+from meshserve.local.supervisor import Event, Exited, RestartFailed, Supervisor
 
 REPO_ROOT = Path(meshserve.__file__).resolve().parent.parent
 EXAMPLE_MODELS = REPO_ROOT / "examples" / "models"
@@ -78,6 +79,11 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+# Ctrl-C, SIGTERM and a closed terminal stop the mesh in order; however else this process
+# ends (SIGKILL), the kernel kills every child with it (meshserve.local.process).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _start(mesh: LocalMesh) -> None:
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
@@ -119,13 +125,27 @@ def _metrics_url(mesh: LocalMesh, name: str) -> str:
     return f"http://{address}/metrics" if address else ""
 
 
-def _wait(mesh: LocalMesh) -> str | None:
-    """Block until interrupted (None) or a child exits (its name)."""
-    while True:
-        for name, alive in mesh.alive().items():
-            if not alive:
-                return name
-        time.sleep(0.5)
+def _reporter(mesh: LocalMesh, announce_file: Path | None) -> Callable[[Event], None]:
+    """Says on screen what the supervisor sees and does; a restart rewrites the announce file (new PIDs)."""
+    def report(event: Event) -> None:
+        if isinstance(event, Exited):
+            err_console.print(f"[bold red]✗[/] {event.name} (pid {event.pid}) {event.how}; its log ends with:")
+            err_console.print(textwrap.indent(event.log_tail or "(empty)", "  "), markup=False, soft_wrap=True)
+        elif isinstance(event, RestartFailed):
+            err_console.print(f"[bold red]✗[/] {event.name} did not start again: {event.error}", markup=False,
+                              soft_wrap=True)
+        else:
+            address = mesh.addresses.get(event.name, "")
+            console.print(f"[green]✓[/] {event.name} restarted (pid {event.pid}{', ' + address if address else ''})")
+            if announce_file is not None:
+                _write_announce(announce_file, mesh)
+            return
+        if event.restart_in_s is None:
+            err_console.print(f"[bold red]giving up on {event.name}[/]: it ended {event.exits} times within a "
+                              "minute. The rest of the mesh stays up; fix it and start meshserve up again.")
+        else:
+            err_console.print(f"restarting {event.name} in {event.restart_in_s:g} s")
+    return report
 
 
 @cli_errors
@@ -139,6 +159,7 @@ def up(
                                   envvar="MESHSERVE_TRITON_REPOSITORY")
     ] = EXAMPLE_TRITON_MODELS,
     triton: Annotated[bool, typer.Option(help="run NVIDIA Triton (when installed) and its registrar")] = True,
+    r_runtime: Annotated[bool, typer.Option(help="run the R runtime (when Rscript is installed)")] = True,
     dev_mode: Annotated[bool, typer.Option(
         help="let callers without a key infer and read metadata of every model (local development)")] = True,
     pipeline: Annotated[
@@ -164,17 +185,23 @@ def up(
     tls: Annotated[bool, typer.Option(
         help="TLS on every link, with a mesh CA and certificates made in <data-dir>/tls")] = False,
     announce_file: Annotated[
-        Path | None, typer.Option(help="once up, write the addresses and child PIDs as JSON here")
+        Path | None, typer.Option(help="once up, write the addresses and child PIDs as JSON here (again on a restart)")
     ] = None,
     trace_sample_ratio: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="share of calls traced with OpenTelemetry by every service (0: tracing off)")] = 0.0,
     otlp_endpoint: Annotated[str, typer.Option(
         help="OTLP/gRPC collector the spans go to: host:port, or https://host:port")] = "",
 ) -> None:
-    """Start etcd, NATS, the audit service, the router, the Python and R runtimes and Triton; Ctrl-C stops them."""
+    """Start etcd, NATS, the audit service, the router, the Python and R runtimes and Triton; Ctrl-C stops them.
+
+    A child that dies is restarted (after 0.5 s, doubling up to 30 s), on the same ports
+    where callers rely on them; one that dies 5 times within a minute is given up on and
+    the rest stays up. Every child ends with this command, however it ends.
+    """
     # Also when started with SIGINT ignored (a background job of a script).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
     ensure_examples(model_repository)
     if not model_repository.is_dir():
         raise UserError(f"model repository {model_repository} is not a folder")
@@ -186,13 +213,13 @@ def up(
     mesh = LocalMesh(MeshConfig(
         model_repository=model_repository, host=host, router_port=router_port, routers=routers, etcd_port=etcd_port,
         runtime_port=runtime_port, data_dir=data_dir, log_level=log_level, audit_port=audit_port,
-        nats_port=nats_port, audit=audit, triton_repository=triton_repository if triton else None,
+        nats_port=nats_port, audit=audit, r_runtime=r_runtime, triton_repository=triton_repository if triton else None,
         pipelines=tuple(pipeline if pipeline is not None else _example_pipelines(model_repository)),
         dev_mode=dev_mode, tls=tls, trace_sample_ratio=trace_sample_ratio, otlp_endpoint=otlp_endpoint,
     ))
     pids: dict[str, int] = {}
-    exit_code = 0
     context: mesh_context.Claim | None = None
+    supervisor = Supervisor(mesh, _reporter(mesh, announce_file))
     try:
         _start(mesh)
         pids = mesh.pids()
@@ -237,27 +264,23 @@ def up(
             console.print("watch the calls: meshserve top" + "".join(f" --metrics {a}" for a in watched),
                           markup=False, soft_wrap=True)
         context = _record_context(mesh)
-        console.print("[bold]Ctrl-C to stop[/]")
+        console.print("[bold]Ctrl-C to stop[/] (a child that dies is restarted)")
         if announce_file is not None:
             _write_announce(announce_file, mesh)
-        died = _wait(mesh)
-        if died is not None:
-            log_tail = tail(mesh.log_dir / f"{died}.log")
-            err_console.print(f"[bold red]error:[/] {died} exited unexpectedly; its log ends with:")
-            err_console.print(log_tail, markup=False)
-            exit_code = 1
+        supervisor.run()
     except KeyboardInterrupt:
         pass
     finally:
         if context is not None:  # commands no longer find a mesh that is stopping
             mesh_context.release(context)
-        pids = pids or mesh.pids()
+        pids = mesh.pids() or pids
         # Ignore further Ctrl-C while stopping, so no child is left behind.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         with console.status("stopping"):
             mesh.stop()
         if pids:
             console.print("stopped " + ", ".join(f"{name} (pid {pid})" for name, pid in reversed(pids.items())))
-    if exit_code:
-        raise typer.Exit(exit_code)
+    if supervisor.given_up:
+        err_console.print(f"[bold red]error:[/] gave up on {', '.join(supervisor.given_up)} (crash-looping)")
+        raise typer.Exit(1)

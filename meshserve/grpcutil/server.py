@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from meshserve import tracing
+from meshserve.ports import bind_error
 from meshserve.protos._pool import POOL
 from meshserve.tls import MeshTls
 
@@ -38,6 +39,7 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        # grpcio sets SO_REUSEPORT by default: a leftover process would take a share of the calls.
         ("grpc.so_reuseport", 0),
     ]
 
@@ -84,15 +86,19 @@ class ServiceServer:
 
         TLS with ``mesh_tls`` (a new certificate in its files is served from the next
         handshake on); then, with ``require_client_cert``, only callers holding a mesh
-        certificate get in. Plain text without it.
+        certificate get in. Plain text without it. Never shares the port (no SO_REUSEPORT):
+        one in use raises :class:`~meshserve.ports.PortInUse`.
         """
-        if mesh_tls is None:
-            bound = self.server.add_insecure_port(f"{host}:{port}")
-        else:
-            credentials = mesh_tls.server_credentials(require_client_cert=require_client_cert)
-            bound = self.server.add_secure_port(f"{host}:{port}", credentials)
+        try:
+            if mesh_tls is None:
+                bound = self.server.add_insecure_port(f"{host}:{port}")
+            else:
+                credentials = mesh_tls.server_credentials(require_client_cert=require_client_cert)
+                bound = self.server.add_secure_port(f"{host}:{port}", credentials)
+        except RuntimeError:  # grpcio's "Failed to bind to address"
+            bound = 0
         if bound == 0:
-            raise OSError(f"cannot listen on {host}:{port}: address in use or not allowed")
+            raise bind_error(host, port)
         self.address = f"{host}:{bound}"
         return self.address
 

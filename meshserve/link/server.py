@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -11,6 +12,7 @@ import grpc
 from meshserve.errors import as_mesh_error, too_large
 from meshserve.link import frames
 from meshserve.link.frames import Frame, FrameReader, ProtocolError
+from meshserve.ports import PortInUse
 from meshserve.tls import MeshTls
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,11 @@ async def serve_link(host: str, port: int, handler: LinkHandler, max_message_byt
     loop = asyncio.get_running_loop()
     connections: set[_Connection] = set()
     context = None if mesh_tls is None else mesh_tls.server_context(require_client_cert=True)
-    server = await loop.create_server(lambda: _Connection(handler, max_message_bytes, connections), host, port,
-                                      ssl=context)
+    try:  # reuse_port stays off: the port is ours alone
+        server = await loop.create_server(lambda: _Connection(handler, max_message_bytes, connections), host, port,
+                                          ssl=context, reuse_port=False)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port, "cannot serve the mesh link") from e
+        raise
     return LinkServer(server, host, connections)

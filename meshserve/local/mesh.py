@@ -7,11 +7,15 @@
 
 Children are started in order, each awaited until it serves (meshserve services write
 an announce file), and stopped by PID in reverse order, also when a start fails half way.
+Each can be started again on its own (:meth:`LocalMesh.restart`, what ``meshserve up``'s
+supervisor does when one dies): on the same ports where callers rely on them (etcd, NATS,
+the audit service, the routers, Triton) and with the same data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -23,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from meshserve import pipelines
 from meshserve.auth import mesh as mesh_credential
@@ -30,7 +35,7 @@ from meshserve.errors import REFUSALS, MeshError, Unauthenticated
 from meshserve.local import triton
 from meshserve.local.etcd import EtcdServer
 from meshserve.local.nats import NatsServer
-from meshserve.local.process import ManagedProcess, start_service
+from meshserve.local.process import ManagedProcess, Service
 from meshserve.registry import etcd_auth
 from meshserve.registry.etcd import connect
 from meshserve.registry.etcd_token import EtcdCredentials
@@ -108,6 +113,17 @@ class MeshConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
+class Child(Protocol):
+    """What the mesh starts, restarts and stops: a server of ours (etcd, NATS, Triton) or a :class:`Service`."""
+
+    @property
+    def process(self) -> ManagedProcess | None: ...
+
+    def start(self, timeout: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Step:
     """One start-up step: a label for progress displays and the call that does it."""
@@ -128,9 +144,10 @@ class LocalMesh:
         self.triton: triton.TritonServer | None = None
         # This process's own identity with TLS on (it applies pipelines through the router).
         self.mesh_tls: MeshTls | None = None
-        # name -> process, in start order (etcd and NATS included, through their servers)
-        self._children: dict[str, ManagedProcess] = {}
-        self._stops: list[tuple[str, Callable[[], None]]] = []
+        # name -> child, in start order
+        self._children: dict[str, Child] = {}
+        # Stops every child started, in reverse order (also those that failed to start).
+        self._stack = contextlib.ExitStack()
         self.addresses: dict[str, str] = {}
         # name -> host:port of the service's Prometheus /metrics, for those that serve one
         self.metrics_addresses: dict[str, str] = {}
@@ -172,8 +189,12 @@ class LocalMesh:
         return self.data_dir / "logs"
 
     def pids(self) -> dict[str, int]:
-        """PIDs of the children that were started, by name, in start order."""
-        return {name: proc.pid for name, proc in self._children.items() if proc.proc is not None}
+        """PIDs of the children that were started, by name, in start order (the last start's)."""
+        return {name: process.pid for name, process in self.processes().items() if process.proc is not None}
+
+    def processes(self) -> dict[str, ManagedProcess]:
+        """The current process of each child started, by name, in start order."""
+        return {name: child.process for name, child in self._children.items() if child.process is not None}
 
     # -- start -----------------------------------------------------------------
 
@@ -284,10 +305,7 @@ class LocalMesh:
                           signed_tokens=not self.config.dev_mode)
         etcd.port = self._port(self.config.etcd_port, DEFAULT_ETCD_PORT)
         self.etcd = etcd
-        self._stops.append(("etcd", etcd.stop))
-        etcd.start(timeout=self.config.start_timeout_s)
-        assert etcd.process is not None
-        self._children["etcd"] = etcd.process
+        self._run("etcd", etcd)
         if not self.config.dev_mode:
             asyncio.run(self._secure_etcd())
         return etcd.endpoint
@@ -353,13 +371,23 @@ class LocalMesh:
                           port=self._port(self.config.nats_port, DEFAULT_NATS_PORT), nice=10,
                           tls_files=self.tls_files("nats") if self.config.tls else None)
         self.nats = nats
-        self._stops.append(("nats", nats.stop))
-        nats.start(timeout=self.config.start_timeout_s)
-        assert nats.process is not None
-        self._children["nats"] = nats.process
+        self._run("nats", nats)
         return nats.url
 
-    def _service(self, name: str, module: str, args: list[str], cert: str = "") -> dict[str, object]:
+    def _run(self, name: str, child: Child) -> None:
+        """Start ``child``; :meth:`stop` stops it (registered first: also when it fails to start)."""
+        self._stack.callback(self._stop_child, name, child)
+        child.start(timeout=self.config.start_timeout_s)
+        self._children[name] = child
+
+    @staticmethod
+    def _stop_child(name: str, child: Child) -> None:
+        try:
+            child.stop()
+        except Exception:  # keep stopping the others
+            log.exception("stopping %s failed", name)
+
+    def _service(self, name: str, module: str, args: list[str], cert: str = "") -> Service:
         """Start a meshserve service and wait for its announce file.
 
         Under TLS it presents certificate ``cert`` (default ``name``); with etcd's authentication
@@ -367,27 +395,40 @@ class LocalMesh:
         """
         user = cert or name
         runtime_id = self.runtime_ids().get(name)
-        proc, info = start_service(
+        service = Service(
             name, module, ["--host", self.config.host, "--log-level", self.config.log_level,
                            *self._tls_flags(user), *self._trace_flags(), *self._etcd_flags(user),
                            *(["--runtime-id", runtime_id] if runtime_id else []),
                            *args], self.data_dir,
-            timeout=self.config.start_timeout_s, env=self.config.extra_env or None,
-            log_path=self.log_dir / f"{name}.log",
+            env=self.config.extra_env or None, log_path=self.log_dir / f"{name}.log",
         )
-        self._stops.append((name, proc.stop))
-        self._children[name] = proc
+        self._run(name, service)
+        self._announced(name, service)
+        return service
+
+    def _announced(self, name: str, service: Service) -> None:
+        """Take the addresses (and runtime id) a service announced."""
+        info = service.info
         self.addresses[name] = str(info["address"])
         if info.get("metrics_address"):
             self.metrics_addresses[name] = str(info["metrics_address"])
-        return info
+        if name == "runtime":
+            self.runtime_id = str(info.get("runtime_id", ""))
+
+    @staticmethod
+    def _pin_ports(service: Service) -> None:
+        """Restart ``service`` on the ports it got (callers were told them): ``--port 0`` is not free twice."""
+        service.pin("--port", str(service.info["address"]).rpartition(":")[2])
+        if service.info.get("metrics_address"):
+            service.pin("--metrics-port", str(service.info["metrics_address"]).rpartition(":")[2])
 
     def _start_audit(self) -> str:
         database = self.config.audit_database or f"sqlite:///{self.data_dir / 'audit.db'}"
         dev = ["--dev-mode"] if self.config.dev_mode else []
-        self._service("audit", "meshserve.services.audit",
-                      ["--port", str(self.config.audit_port), "--nats-url", self.nats_url, "--database", database,
-                       "--etcd-endpoint", self.etcd_endpoint, *dev])
+        service = self._service("audit", "meshserve.services.audit",
+                                ["--port", str(self.config.audit_port), "--nats-url", self.nats_url,
+                                 "--database", database, "--etcd-endpoint", self.etcd_endpoint, *dev])
+        self._pin_ports(service)
         return self.audit_address
 
     def _start_router(self, name: str = "router") -> str:
@@ -395,9 +436,10 @@ class LocalMesh:
         index = self.router_names().index(name)
         port = self.config.router_port + index if self.config.router_port else 0
         audit = ["--nats-url", self.nats_url, "--data-dir", str(self.data_dir / name)] if self.nats else []
-        self._service(name, "meshserve.services.router",
-                      ["--port", str(port), "--metrics-port", str(self._router_metrics_port(index)),
-                       "--etcd-endpoint", self.etcd_endpoint, *audit, *self.mesh_flags()], cert="router")
+        service = self._service(name, "meshserve.services.router",
+                                ["--port", str(port), "--metrics-port", str(self._router_metrics_port(index)),
+                                 "--etcd-endpoint", self.etcd_endpoint, *audit, *self.mesh_flags()], cert="router")
+        self._pin_ports(service)
         return self.addresses[name]
 
     def _router_metrics_port(self, index: int) -> int:
@@ -413,11 +455,11 @@ class LocalMesh:
         return usual if config.router_port and usual not in taken and port_is_free(config.host, usual) else 0
 
     def _start_runtime(self) -> str:
-        info = self._service("runtime", "meshserve.runtimes.python", [
+        # On a free port unless told one: a restarted runtime registers its new address.
+        self._service("runtime", "meshserve.runtimes.python", [
             "--port", str(self.config.runtime_port), "--etcd-endpoint", self.etcd_endpoint, *self.mesh_flags(),
             "--model-repository", str(self.config.model_repository.resolve()),
         ])
-        self.runtime_id = str(info.get("runtime_id", ""))
         return self.runtime_address
 
     def _start_r_runtime(self) -> str:
@@ -437,10 +479,7 @@ class LocalMesh:
                                      extra_args=triton.trace_args(self.config.triton_trace_url,
                                                                   export_s=self.config.trace_export_s))
         self.triton = server
-        self._stops.append(("triton", server.stop))
-        server.start(timeout=self.config.start_timeout_s)
-        assert server.process is not None
-        self._children["triton"] = server.process
+        self._run("triton", server)  # restarted on the same ports: its registrar follows that address
         self.addresses["triton"] = server.address
         return server.address
 
@@ -479,16 +518,23 @@ class LocalMesh:
 
     def alive(self) -> dict[str, bool]:
         """Whether each started child is still running."""
-        return {name: proc.alive() for name, proc in self._children.items()}
+        return {name: process.alive() for name, process in self.processes().items()}
+
+    def restart(self, name: str) -> None:
+        """Start the child ``name`` again (after it died): same ports where callers rely on them, same data.
+
+        Raises :class:`~meshserve.local.process.ProcessFailed` when it does not come up.
+        """
+        child = self._children[name]
+        child.stop()  # reaps what is left of it (Triton: its Python-backend stubs too)
+        child.start(timeout=self.config.start_timeout_s)
+        if isinstance(child, Service):
+            self._announced(name, child)
 
     def stop(self) -> None:
         """Stop the children in reverse order of start; every one is tried."""
-        for name, stop in reversed(self._stops):
-            try:
-                stop()
-            except Exception:  # keep stopping the others
-                log.exception("stopping %s failed", name)
-        self._stops.clear()
+        self._stack.close()
+        self._children.clear()
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

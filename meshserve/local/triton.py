@@ -139,6 +139,8 @@ class TritonServer:
             "--allow-metrics=false", "--pinned-memory-pool-byte-size=0", "--exit-timeout-secs=5",
             # A model that fails to load is reported (the registrar shows it as failed), not fatal.
             "--exit-on-error=false", "--strict-readiness=false",
+            # Its ports are its own (no SO_REUSEPORT): a Triton left running makes a new one fail at once.
+            "--reuse-grpc-port=false", "--reuse-http-port=false",
         ]
         if self.explicit:
             argv += ["--model-control-mode=explicit", "--load-model=*"]
@@ -200,10 +202,7 @@ class TritonServer:
             self.process = None
 
     def stop(self) -> None:
+        """Stop Triton; the stubs a crashed Triton (it can abort) left behind go with its process group."""
         if self.process is not None:
-            group = self.process.pid  # Triton leads its own process group (start_new_session)
             self.process.stop(grace=10)
             self.process = None
-            # A Triton that crashed (it can abort) leaves its Python-backend stubs behind.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(group, signal.SIGKILL)

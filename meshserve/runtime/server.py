@@ -21,7 +21,7 @@ from meshserve.auth.mesh import MeshGate
 from meshserve.errors import FailedPrecondition, MeshError, NotFound
 from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer
-from meshserve.lifecycle import run_until_signalled
+from meshserve.lifecycle import Parts, run_until_signalled
 from meshserve.link.server import LinkServer, serve_link
 from meshserve.metrics import MetricsServer
 from meshserve.protos.inference import grpc_service_pb2 as pb
@@ -111,8 +111,8 @@ class RuntimeServer:
         self.registration: Registration | None = None
         self.link: LinkServer | None = None
         self.link_address = ""
-        self._idle_task: asyncio.Task[None] | None = None
-        self._load_task: asyncio.Task[None] | None = None
+        self.parts = Parts(f"{kind} runtime {self.runtime_id}")
+        self._grace = 2.0
 
     @property
     def address(self) -> str:
@@ -134,27 +134,38 @@ class RuntimeServer:
         return to_load
 
     async def start(self) -> None:
-        """Bind, start serving, register in etcd, then load the models ``load`` names."""
+        """Bind, start serving, register in etcd, then load the models ``load`` names.
+
+        Each part started is stopped by :meth:`stop`, the last first; a port in use fails at once.
+        """
+        settings, parts = self.settings, self.parts
         to_load = self._models_to_load()
-        self.metrics_server.start(self.settings.host, self.settings.metrics_port)
+        self.server.bind(settings.host, settings.port, mesh_tls=self.mesh_tls,
+                         require_client_cert=settings.require_client_cert)
+        self.metrics_server.start(settings.host, settings.metrics_port)
+        parts.on_stop("metrics server", self.metrics_server.stop)
+        parts.on_stop(f"{self.kind} backend", self.loader.close)
         await self.loader.start()
-        self.server.bind(self.settings.host, self.settings.port, mesh_tls=self.mesh_tls,
-                         require_client_cert=self.settings.require_client_cert)
+        parts.on_stop("predict threads", self.dataplane.close)
+        if settings.link_port >= 0:
+            link = self.link = await serve_link(settings.host, settings.link_port,
+                                                self.gate.link_handler(self.servicer.link_handler),
+                                                settings.max_message_bytes, mesh_tls=self.mesh_tls)
+            self.link_address = link.address
+            parts.on_stop("mesh link", link.close)
+        parts.on_stop("gRPC server", lambda: self.server.stop(self._grace))  # calls in flight finish first
         await self.server.start()
-        if self.settings.link_port >= 0:
-            self.link = await serve_link(self.settings.host, self.settings.link_port,
-                                         self.gate.link_handler(self.servicer.link_handler),
-                                         self.settings.max_message_bytes, mesh_tls=self.mesh_tls)
-            self.link_address = self.link.address
         if self.register:
+            parts.on_stop("registration", self._leave)
             await self._register()
         for name in to_load:
             with contextlib.suppress(Exception):  # a failed load is recorded in its state
                 await self.repository.load(name)
         self.dataplane.ready = True
-        if self.settings.idle_unload_s:
-            self._idle_task = asyncio.create_task(self._unload_idle(), name="idle-unload")
-        self._load_task = asyncio.create_task(self._report_load(), name="report-load")
+        parts.on_stop("readiness", self._unready)
+        if settings.idle_unload_s:
+            await parts.background(self._unload_idle(), "idle-unload")
+        await parts.background(self._report_load(), "report-load")
         log.info("%s runtime %s serving %s on %s", self.kind, self.runtime_id, self.settings.model_repository,
                  self.address)
 
@@ -210,21 +221,18 @@ class RuntimeServer:
         return {"address": self.address, "runtime_id": self.runtime_id, "link_address": self.link_address,
                 "metrics_address": self.metrics_server.address}
 
-    async def stop(self, grace: float = 2.0) -> None:
-        """Leave the registry at once, finish calls in flight, unload every model."""
+    def _unready(self) -> None:
         self.dataplane.ready = False
-        for task in (self._idle_task, self._load_task):
-            if task is not None:
-                task.cancel()
-        if self.registration is not None:
-            await self.registration.stop()
-            self.registration = None
-        await self.server.stop(grace)
-        if self.link is not None:
-            await self.link.close()
-        await self.dataplane.close()
-        await self.loader.close()
-        await self.metrics_server.stop()
+
+    async def _leave(self) -> None:
+        registration, self.registration = self.registration, None
+        if registration is not None:
+            await registration.stop()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Say not ready and leave the registry at once, finish calls in flight (``grace`` s), unload every model."""
+        self._grace = grace
+        await self.parts.stop()
 
 
 async def serve(runtime: RuntimeServer) -> None:

@@ -83,6 +83,8 @@ class RWorkerPool:
         self._waiting = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # What close() undoes, the last first: the workers, then the log file.
+        self._stack = contextlib.AsyncExitStack()
         self.replaced = 0  # workers lost to a crash or a timeout (the runtime's metrics read it)
 
     @property
@@ -99,7 +101,8 @@ class RWorkerPool:
         """Start every worker in parallel; return once each has answered a ping."""
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_file = self.log_path.open("ab")
+            self._log_file = self._stack.enter_context(self.log_path.open("ab"))
+        self._stack.push_async_callback(self._stop_workers)
         results = await asyncio.gather(*(self._spawn() for _ in range(self.size)), return_exceptions=True)
         workers = [r for r in results if isinstance(r, RWorker)]
         errors = [r for r in results if not isinstance(r, RWorker)]
@@ -260,7 +263,7 @@ class RWorkerPool:
             return
 
     async def close(self) -> None:
-        """Fail queued requests, stop every worker (SIGKILL after a grace period)."""
+        """Fail queued requests, stop every worker (SIGKILL after a grace period), close the log file."""
         self._closed = True
         for queue in self._queues.values():
             for job in queue:
@@ -271,9 +274,15 @@ class RWorkerPool:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(w.close() for w in self._workers), return_exceptions=True)
+        await self._stack.aclose()
+        self._log_file = None
+
+    async def _stop_workers(self) -> None:
+        """Stop every worker at once; one that fails to stop is logged, the others still stop."""
+        workers = list(self._workers)
+        results = await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+        for worker, result in zip(workers, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("stopping R worker %d failed: %s", worker.pid, result)
         self._workers.clear()
         self._idle.clear()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None

@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 from typing import IO
 
+from meshserve.children import describe_exit, ending_with_parent
 from meshserve.errors import Internal
 
 from . import protocol
@@ -22,19 +23,6 @@ WORKER_SCRIPT = Path(__file__).parent / "R" / "worker.R"
 
 class WorkerDied(Exception):
     """The worker process ended (or closed its pipe) before it answered."""
-
-
-def describe_exit(returncode: int | None) -> str:
-    """'exited with status 3' or 'was killed by signal 11 (SIGSEGV)'."""
-    if returncode is None:
-        return "closed its pipe"
-    if returncode < 0:
-        try:
-            sig = signal.Signals(-returncode).name
-        except ValueError:
-            sig = "unknown"
-        return f"was killed by signal {-returncode} ({sig})"
-    return f"exited with status {returncode}"
 
 
 class RWorker:
@@ -60,8 +48,10 @@ class RWorker:
         req_r, req_w = os.pipe()
         resp_r, resp_w = os.pipe()
         try:
+            # Killed with the runtime however it ends (started from the event loop's thread,
+            # which lives as long as the runtime).
             proc = await asyncio.create_subprocess_exec(
-                rscript, str(WORKER_SCRIPT), str(req_r), str(resp_w),
+                *ending_with_parent([rscript, str(WORKER_SCRIPT), str(req_r), str(resp_w)]),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 pass_fds=(req_r, resp_w),
                 start_new_session=True,  # a Ctrl-C meant for the server does not reach R

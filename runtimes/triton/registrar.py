@@ -15,7 +15,6 @@ directly; the registrar is never on the call path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -25,7 +24,7 @@ from tritonclient.grpc import service_pb2
 
 from meshserve.auth import mesh as mesh_credential
 from meshserve.grpcutil.server import channel_options
-from meshserve.lifecycle import run_until_signalled
+from meshserve.lifecycle import Parts, run_until_signalled
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.inference.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
@@ -81,7 +80,7 @@ class TritonRegistrar:
                                                   triton=True)
         self._registration: Registration | None = None
         self._published: Snapshot = {}
-        self._task: asyncio.Task[None] | None = None
+        self.parts = Parts(f"Triton registrar {self.runtime_id}")
         self._first_look = asyncio.Event()
         # Whether each ready model version is decoupled, asked once per load (ModelConfig).
         self._decoupled: dict[tuple[str, str], bool] = {}
@@ -97,19 +96,17 @@ class TritonRegistrar:
 
     async def start(self) -> None:
         """Begin following Triton; returns after the first look (Triton may still be down)."""
-        self._task = asyncio.create_task(self._follow(), name="triton-registrar")
+        self.parts.on_stop("channel to Triton", self._channel.close)
+        self.parts.on_stop("registration", lambda: self._leave("the registrar is stopping"))
+        await self.parts.background(self._follow(), "triton-registrar")
         await self._first_look.wait()
 
     def announcement(self) -> dict[str, str]:
         return {"address": self.address, "runtime_id": self.runtime_id}
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._leave("the registrar is stopping")
-        await self._channel.close()
+        """Stop following Triton, take its models out of the registry, close the channel."""
+        await self.parts.stop()
 
     async def _look(self) -> tuple[Snapshot, str] | None:
         """Triton's models and version, or None when it does not answer ready."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -13,7 +12,7 @@ from meshserve.auth.jwt_settings import verifier_from_settings
 from meshserve.errors import MeshError
 from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer
-from meshserve.lifecycle import run_until_signalled
+from meshserve.lifecycle import Parts, run_until_signalled
 from meshserve.metrics import MetricsServer
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 from meshserve.registry.cache import RegistryCache
@@ -37,6 +36,8 @@ class AuditService:
 
     def __init__(self, settings: AuditSettings) -> None:
         self.settings = settings
+        self.parts = Parts("audit service")
+        self._grace = 2.0
         tracing.setup(settings, "audit")  # before the server: its interceptors depend on it
         self.mesh_tls = settings.mesh_tls()
         self.grpc = ServiceServer([AUDIT_SERVICE], max_message_bytes=settings.max_message_bytes)
@@ -45,7 +46,6 @@ class AuditService:
         self.metrics = AuditMetrics()
         self.metrics.watch(lambda: self.consumer is not None and self.consumer.connected)
         self.metrics_server = MetricsServer(self.metrics.registry)
-        self._database_check: asyncio.Task[None] | None = None
         # Only keys and rules are used, but the registry cache is the one tested watch-fed copy of them.
         self.registry = (RegistryCache(settings.etcd_endpoint, mesh_tls=self.mesh_tls,
                                        credentials=settings.etcd_credentials())
@@ -57,42 +57,40 @@ class AuditService:
         return self.grpc.address
 
     async def start(self) -> None:
-        """Open the database and load keys and rules (failing fast), serve, and start consuming in the background."""
-        self.metrics_server.start(self.settings.host, self.settings.metrics_port)
-        self.store = await asyncio.to_thread(Store.open, self.settings.database)
+        """Take the port, open the database and load keys and rules (failing fast), serve, and start consuming."""
+        settings, parts = self.settings, self.parts
+        # A port in use fails here, at once.
+        address = self.grpc.bind(settings.host, settings.port, mesh_tls=self.mesh_tls)
+        self.metrics_server.start(settings.host, settings.metrics_port)
+        parts.on_stop("metrics server", self.metrics_server.stop)
+        store = self.store = await asyncio.to_thread(Store.open, settings.database)
+        parts.on_stop("store", lambda: asyncio.to_thread(store.close))
         if self.registry is not None:
-            await self.registry.start(wait=self.settings.etcd_wait_s)
-        elif not self.settings.dev_mode:
+            parts.on_stop("registry cache", self.registry.stop)
+            await self.registry.start(wait=settings.etcd_wait_s)
+        elif not settings.dev_mode:
             log.warning("no --etcd-endpoint: every Query and Verify is refused, since audit:read cannot be checked")
-        if self.settings.dev_mode:
+        if settings.dev_mode:
             log.warning("DEV MODE: callers WITHOUT A KEY may read and verify the WHOLE audit trail; "
                         "never run the audit service with --dev-mode outside local development")
         add_service(self.grpc, audit_pb2.DESCRIPTOR.services_by_name["AuditService"],
-                    AuditServicer(self.store, self.access))
-        address = self.grpc.bind(self.settings.host, self.settings.port, mesh_tls=self.mesh_tls)
+                    AuditServicer(store, self.access))
+        parts.on_stop("gRPC server", lambda: self.grpc.stop(self._grace))
         await self.grpc.start()
-        self.consumer = Consumer(self.store, self.settings, self.metrics, mesh_tls=self.mesh_tls)
-        self.consumer.start()
-        self._database_check = asyncio.create_task(self.metrics.check_database(self.store.ping), name="database-check")
-        log.info("audit service on %s (database %s, NATS %s, etcd %s)", address, self.store.dialect.describe(),
-                 self.settings.nats_url, self.settings.etcd_endpoint or "none")
+        consumer = self.consumer = Consumer(store, settings, self.metrics, mesh_tls=self.mesh_tls)
+        parts.on_stop("consumer", consumer.stop)
+        consumer.start()
+        await parts.background(self.metrics.check_database(store.ping), "database-check")
+        log.info("audit service on %s (database %s, NATS %s, etcd %s)", address, store.dialect.describe(),
+                 settings.nats_url, settings.etcd_endpoint or "none")
 
     def announcement(self) -> dict[str, str]:
         return {"address": self.address, "metrics_address": self.metrics_server.address}
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self._database_check is not None:
-            self._database_check.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._database_check
-        if self.consumer is not None:
-            await self.consumer.stop()
-        await self.grpc.stop(grace)
-        if self.registry is not None:
-            await self.registry.stop()
-        if self.store is not None:
-            await asyncio.to_thread(self.store.close)
-        await self.metrics_server.stop()
+        """Stop the database check and the consumer, then serving (calls in flight get ``grace`` s), then the rest."""
+        self._grace = grace
+        await self.parts.stop()
 
 
 def create_server(settings: AuditSettings) -> AuditService:

@@ -20,7 +20,7 @@ from meshserve.auth.limits import RateLimiter
 from meshserve.errors import MeshError
 from meshserve.grpcutil.handlers import add_service
 from meshserve.grpcutil.server import ServiceServer
-from meshserve.lifecycle import run_until_signalled
+from meshserve.lifecycle import Parts, run_until_signalled
 from meshserve.link import MODEL_INFER
 from meshserve.metrics import MetricsServer
 from meshserve.protos.inference import grpc_service_pb2 as oip
@@ -64,6 +64,8 @@ class Router:
 
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
+        self.parts = Parts("router")
+        self._grace = 2.0
         tracing.setup(settings, "router", settings.router_id)  # before the server and channels: they depend on it
         self.mesh_tls = settings.mesh_tls()
         self.metrics = RouterMetrics()
@@ -136,41 +138,44 @@ class Router:
         self.rates.share_among(count)
 
     async def start(self) -> None:
-        """Serve metrics, load the registry, then listen on the configured port (see :attr:`address`)."""
+        """Take the port (one in use fails here, at once), serve metrics, load the registry, then serve calls."""
+        settings, parts = self.settings, self.parts
+        address = self.grpc.bind(settings.host, settings.port, mesh_tls=self.mesh_tls)  # before any wait for etcd
+        parts.on_stop("connections", self.pool.close)
         # The default port gives way when taken (several routers on one host); one asked for must be free.
-        self.metrics_server.start(self.settings.host, self.settings.metrics_port,
-                                  fallback="metrics_port" not in self.settings.model_fields_set)
-        await self.cache.start(wait=self.settings.etcd_wait_s)
+        self.metrics_server.start(settings.host, settings.metrics_port,
+                                  fallback="metrics_port" not in settings.model_fields_set)
+        parts.on_stop("metrics server", self.metrics_server.stop)
+        parts.on_stop("registry cache", self.cache.stop)
+        await self.cache.start(wait=settings.etcd_wait_s)
+        parts.on_stop("scaler", self.scaler.stop)
         self.scaler.start()
+        parts.on_stop("audit events", self.audit.stop)  # after the server: the calls in flight are noted
         await self.audit.start()
         if not self.audit.enabled:
             log.warning("auditing is OFF: no --nats-url, so calls leave no audit trail")
-        if self.settings.dev_mode:
+        if settings.dev_mode:
             log.warning("DEV MODE: callers WITHOUT A KEY may infer and read metadata of EVERY model; "
                         "never run a router with --dev-mode outside local development")
-        address = self.grpc.bind(self.settings.host, self.settings.port, mesh_tls=self.mesh_tls)
+        parts.on_stop("gRPC server", lambda: self.grpc.stop(self._grace))
         # Registered before it serves: the others lower their shares before its calls come.
-        record = registry_pb2.Router(id=self.settings.router_id, address=address, started_at_unix_ms=now_ms())
-        self.presence = Presence(self.settings.etcd_endpoint, f"router {record.id} at {address}",
-                                 {keys.router_key(record.id): record.SerializeToString()},
-                                 ttl=self.settings.lease_ttl_s, mesh_tls=self.mesh_tls,
-                                 credentials=self.settings.etcd_credentials())
-        await self.presence.start(wait=self.settings.etcd_wait_s)
+        record = registry_pb2.Router(id=settings.router_id, address=address, started_at_unix_ms=now_ms())
+        presence = self.presence = Presence(settings.etcd_endpoint, f"router {record.id} at {address}",
+                                            {keys.router_key(record.id): record.SerializeToString()},
+                                            ttl=settings.lease_ttl_s, mesh_tls=self.mesh_tls,
+                                            credentials=settings.etcd_credentials())
+        parts.on_stop("presence", presence.stop)  # stopped first: the others take over its share at once
+        await presence.start(wait=settings.etcd_wait_s)
         await self.grpc.start()
-        log.info("router serving the inference protocol on %s (etcd %s)", address, self.settings.etcd_endpoint)
+        log.info("router serving the inference protocol on %s (etcd %s)", address, settings.etcd_endpoint)
 
     def announcement(self) -> dict[str, str]:
         return {"address": self.address, "metrics_address": self.metrics_server.address}
 
     async def stop(self, grace: float = 2.0) -> None:
-        if self.presence is not None:
-            await self.presence.stop()  # the others take over its share at once
-        await self.grpc.stop(grace)
-        await self.scaler.stop()
-        await self.audit.stop()
-        await self.cache.stop()
-        await self.pool.close()
-        await self.metrics_server.stop()
+        """Stop taking calls (those in flight get ``grace`` seconds), then every other part, the last started first."""
+        self._grace = grace
+        await self.parts.stop()
 
 
 def create_server(settings: RouterSettings) -> Router:
