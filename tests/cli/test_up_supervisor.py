@@ -118,7 +118,7 @@ def test_a_runtime_killed_under_up_is_restarted_and_no_call_fails(tmp_path: Path
         # A second replica of the same models, on the mesh's etcd.
         replica, replica_info = start_service("replica", "meshserve.runtimes.python", [
             "--port", "0", "--model-repository", str(repository), "--etcd-endpoint", info["etcd"],
-            "--runtime-id", "replica-b"], tmp_path, timeout=90)
+            "--runtime-id", "replica-b", "--dev-mode"], tmp_path, timeout=90)
         try:
             with grpc.insecure_channel(replica_info["address"]) as direct:
                 labels = infer(direct, "iris", IRIS_ROWS)["label"]

@@ -14,7 +14,7 @@ from meshserve.names import MAX_REQUEST_ID_LENGTH, check_request_id, is_request_
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 from meshserve.services.audit.query import parse_request
-from meshserve.services.router.audit import Call, CallAudit
+from meshserve.services.router.audit import Call, CallAudit, journal_record
 from meshserve.services.router.forward import check_request_ids
 from meshserve.services.router.wire import request_fields
 
@@ -75,8 +75,8 @@ def _event(request: oip.ModelInferRequest, metadata: tuple[tuple[str, str], ...]
     call = Call("ModelInfer")
     call.model = request.model_name
     audit = CallAudit(None, {}, "router-1", 1024)
-    return audit.build(call, request.SerializeToString(), None, grpc.StatusCode.INVALID_ARGUMENT, "refused", "peer",
-                       metadata, call.start_ns + 1)
+    record = journal_record(call, grpc.StatusCode.INVALID_ARGUMENT, "refused", "peer", metadata, "router-1")
+    return audit.build(record, request.SerializeToString(), b"")
 
 
 def test_an_event_never_keeps_a_refused_id() -> None:
