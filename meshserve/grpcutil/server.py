@@ -13,10 +13,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from meshserve import tracing
 from meshserve.ports import bind_error
 from meshserve.protos._pool import POOL
 from meshserve.tls import MeshTls
+from meshserve.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,13 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
 class ServiceServer:
     """An aio gRPC server with health checking and reflection for the named services.
 
-    Services are registered with :meth:`add_handlers`; with tracing on in this process
-    (:mod:`meshserve.tracing`), their calls get server spans.
+    Services are registered with :meth:`add_handlers`; with ``tracing`` on (the service's,
+    see :mod:`meshserve.tracing`), their calls get server spans.
     """
 
     def __init__(self, service_names: Iterable[str], *, max_message_bytes: int,
-                 interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
+                 interceptors: Sequence[grpc.aio.ServerInterceptor] = (), tracing: Tracing = OFF) -> None:
+        self.tracing = tracing
         self.server = grpc.aio.server(options=server_options(max_message_bytes), interceptors=interceptors or None)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -79,7 +80,7 @@ class ServiceServer:
 
     def add_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
         """Serve ``service`` (its full name) with these method handlers, by method name."""
-        self.server.add_registered_method_handlers(service, tracing.traced_handlers(service, handlers))
+        self.server.add_registered_method_handlers(service, self.tracing.traced_handlers(service, handlers))
 
     def bind(self, host: str, port: int, *, mesh_tls: MeshTls | None = None, require_client_cert: bool = False) -> str:
         """Listen on host:port (port 0 picks a free one) and return the bound address.

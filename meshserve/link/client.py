@@ -14,6 +14,7 @@ from meshserve.errors import DeadlineExceeded, Internal, Unavailable, error_for,
 from meshserve.link import frames
 from meshserve.link.frames import FrameReader, ProtocolError
 from meshserve.tls import MeshTls
+from meshserve.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,10 @@ LINK_SYSTEM = "meshserve_link"  # the spans' rpc.system
 class LinkClient(frames.FramedProtocol):
     """One connection to a runtime's link; create with :meth:`connect`."""
 
-    def __init__(self, address: str, max_message_bytes: int, credential: str | None = None) -> None:
+    def __init__(self, address: str, max_message_bytes: int, credential: str | None = None,
+                 tracing: Tracing = OFF) -> None:
         self.address = address
+        self.tracing = tracing
         self.max_message_bytes = max_message_bytes
         # The mesh credential, sent as metadata of every frame (see meshserve.auth.mesh).
         self._credential_metadata = frames.encode_metadata(dict(mesh_credential.metadata(credential)))
@@ -40,15 +43,16 @@ class LinkClient(frames.FramedProtocol):
 
     @classmethod
     async def connect(cls, address: str, max_message_bytes: int, connect_timeout_s: float = 2.0, *,
-                      mesh_tls: MeshTls | None = None, credential: str | None = None) -> LinkClient:
+                      mesh_tls: MeshTls | None = None, credential: str | None = None,
+                      tracing: Tracing = OFF) -> LinkClient:
         """Open a connection: TLS with ``mesh_tls`` (presenting its current certificate), plain text without;
-        every call presents ``credential``, the mesh credential, when given."""
+        every call presents ``credential``, the mesh credential, when given, and is traced with ``tracing``."""
         host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(connect_timeout_s):
                 _, client = await loop.create_connection(
-                    lambda: cls(address, max_message_bytes, credential), host, int(port),
+                    lambda: cls(address, max_message_bytes, credential, tracing), host, int(port),
                     ssl=mesh_tls.client_context() if mesh_tls is not None else None)
         except (OSError, TimeoutError) as e:
             raise Unavailable(f"cannot connect to the mesh link at {address}: {e or type(e).__name__}") from e
@@ -103,11 +107,12 @@ class LinkClient(frames.FramedProtocol):
 
         ``remaining_s`` is the caller's remaining deadline: the runtime gets it with the
         request, and the call fails with DEADLINE_EXCEEDED (and is cancelled in the
-        runtime) when it runs out. With tracing on, the call gets a client span whose
-        context travels in the frame's metadata (``traceparent``).
+        runtime) when it runs out. With the client's tracing on, the call gets a client span
+        whose context travels in the frame's metadata (``traceparent``).
         """
-        if tracing.active:
-            with tracing.client_span(SPAN_NAMES.get(method, f"meshserve.link/{method}"), self.address, LINK_SYSTEM):
+        if self.tracing.active:
+            name = SPAN_NAMES.get(method, f"meshserve.link/{method}")
+            with self.tracing.client_span(name, self.address, LINK_SYSTEM):
                 return await self._call(method, payload, remaining_s, tracing.with_context(metadata))
         return await self._call(method, payload, remaining_s, metadata)
 

@@ -9,6 +9,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from meshserve.tracing import OFF, Tracing
+
 from .manifest import Manifest
 
 Arrays = dict[str, np.ndarray]
@@ -53,6 +55,9 @@ class BackendLoader(abc.ABC):
 
     #: framework -> the platform reported in model metadata and the registry.
     platforms: ClassVar[Mapping[str, str]] = {}
+    #: the runtime's tracing, given by the :class:`~meshserve.runtime.RuntimeServer` running
+    #: this loader before it starts: backends that trace work of their own record it there.
+    tracing: Tracing = OFF
 
     def check(self, manifest: Manifest) -> None:
         """Raise :class:`meshserve.errors.InvalidArgument` when framework-specific fields are wrong.

@@ -20,6 +20,7 @@ import grpc
 from meshserve import tracing
 from meshserve.errors import MeshError
 from meshserve.ratelog import RateLimitedLog
+from meshserve.tracing import OFF, Tracing
 
 from .backend import Arrays
 from .entry import ModelEntry, State
@@ -74,8 +75,8 @@ def _as_is(result: InferResult) -> InferResult:
     return result
 
 
-def _predict_span(entry: ModelEntry) -> tracing.Scope:
-    return tracing.span(*_predict_span_args(entry.name, entry.version, entry.platform))
+def _predict_span(traced: Tracing, entry: ModelEntry) -> tracing.Scope:
+    return traced.span(*_predict_span_args(entry.name, entry.version, entry.platform))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -85,11 +86,15 @@ def _predict_span_args(model: str, version: str, platform: str) -> tuple[str, di
 
 
 class DataPlane:
-    """Inference, metadata and repository operations over a :class:`ModelRepository`."""
+    """Inference, metadata and repository operations over a :class:`ModelRepository`.
+
+    With ``tracing`` on, each predict gets a span.
+    """
 
     def __init__(self, repository: ModelRepository, predict_threads: int, metrics: RuntimeMetrics | None = None,
-                 ) -> None:
+                 *, tracing: Tracing = OFF) -> None:
         self.repository = repository
+        self.tracing = tracing
         self.pool = ThreadPoolExecutor(predict_threads, thread_name_prefix="predict")
         self.ready = False
         self.metrics = metrics if metrics is not None else repository.metrics
@@ -153,7 +158,7 @@ class DataPlane:
         entry.last_used = time.monotonic()
         entry.inflight += 1  # a version with calls in flight is never evicted
         try:
-            with _predict_span(entry) if tracing.active else tracing.NO_SPAN:
+            with _predict_span(self.tracing, entry) if self.tracing.active else tracing.NO_SPAN:
                 if backend.is_async:
                     raw = await backend.apredict(inputs, wanted)
                 else:

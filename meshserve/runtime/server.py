@@ -90,21 +90,23 @@ class RuntimeServer:
         self.kind = kind
         self.loader = loader
         self.runtime_id = settings.runtime_id or default_runtime_id(kind)
-        tracing.setup(settings, kind, self.runtime_id)  # before the server: its interceptors depend on it
+        # Made once and handed to every part that records spans; shut down when the runtime stops.
+        self.tracing = tracing.setup(settings, kind, self.runtime_id)
+        loader.tracing = self.tracing  # for the spans of its backends' own work (an R worker's)
         self.mesh_tls = settings.mesh_tls()
         residency = Residency(int(settings.memory_budget_mb * MiB), settings.idle_unload_s)
         self.metrics = RuntimeMetrics()
         self.repository = ModelRepository(settings.model_repository, kind, loader, on_change=self._publish,
                                           residency=residency, artifact_roots=settings.artifact_root_paths(),
                                           metrics=self.metrics)
-        self.dataplane = DataPlane(self.repository, settings.predict_threads, self.metrics)
+        self.dataplane = DataPlane(self.repository, settings.predict_threads, self.metrics, tracing=self.tracing)
         self.metrics.watch(self.repository, self.dataplane.pool, loader)
         self.metrics_server = MetricsServer(self.metrics.registry)
-        self.servicer = InferenceServicer(self.dataplane, kind, settings.max_message_bytes)
+        self.servicer = InferenceServicer(self.dataplane, kind, settings.max_message_bytes, tracing=self.tracing)
         self.gate = mesh_gate(settings, f"{kind} runtime", self.mesh_tls)
         gate = self.gate.interceptor()
         self.server = ServiceServer([SERVICE_NAME], max_message_bytes=settings.max_message_bytes,
-                                    interceptors=[gate] if gate else ())
+                                    interceptors=[gate] if gate else (), tracing=self.tracing)
         add_service(self.server, pb.DESCRIPTOR.services_by_name["GRPCInferenceService"], self.servicer,
                     raw=RAW_REQUEST_METHODS)
         self.register = register
@@ -112,6 +114,7 @@ class RuntimeServer:
         self.link: LinkServer | None = None
         self.link_address = ""
         self.parts = Parts(f"{kind} runtime {self.runtime_id}")
+        self.parts.on_stop("tracing", self.tracing.shutdown)  # stopped last: the spans not exported yet go
         self._grace = 2.0
 
     @property
@@ -237,11 +240,7 @@ class RuntimeServer:
 
 async def serve(runtime: RuntimeServer) -> None:
     """Run ``runtime`` until SIGTERM or SIGINT, then stop it gracefully."""
-    try:
-        await run_until_signalled(runtime, f"{runtime.kind} runtime {runtime.runtime_id}",
-                                  runtime.settings.announce_file)
-    finally:
-        tracing.shutdown()  # the spans not exported yet go now
+    await run_until_signalled(runtime, f"{runtime.kind} runtime {runtime.runtime_id}", runtime.settings.announce_file)
 
 
 def main(settings_class: type[S], create: Callable[[S], RuntimeServer],

@@ -10,7 +10,6 @@ import grpc
 from google.protobuf.message import DecodeError
 
 import meshserve
-from meshserve import tracing
 from meshserve.errors import (
     InvalidArgument,
     MeshError,
@@ -25,6 +24,7 @@ from meshserve.link.client import LINK_SYSTEM, SPAN_NAMES
 from meshserve.oip.codec import decode_inputs, encode_response
 from meshserve.oip.repository import artifact_parameters, version_parameter
 from meshserve.protos.inference import grpc_service_pb2 as pb
+from meshserve.tracing import OFF, Tracing
 
 from .dataplane import DataPlane, InferResult
 from .manifest import TensorSpec
@@ -57,11 +57,13 @@ class InferenceServicer:
 
     No answer larger than ``max_message_bytes`` leaves: it is RESOURCE_EXHAUSTED instead,
     naming its size and the limit (gRPC would refuse it with a message of its own, and a
-    router's link would take it for a broken peer).
+    router's link would take it for a broken peer). Calls over the mesh link get their
+    server spans from ``tracing`` (gRPC calls get theirs from the gRPC server's).
     """
 
-    def __init__(self, dataplane: DataPlane, kind: str, max_message_bytes: int) -> None:
+    def __init__(self, dataplane: DataPlane, kind: str, max_message_bytes: int, *, tracing: Tracing = OFF) -> None:
         self.dataplane = dataplane
+        self.tracing = tracing
         self.server_name = f"meshserve-{kind}"
         self.component = f"the {kind} runtime"  # who failed, in internal errors
         self.max_message_bytes = max_message_bytes
@@ -111,8 +113,8 @@ class InferenceServicer:
         try:
             if method != MODEL_INFER:
                 raise Unimplemented(f"mesh link method {method} is not served by this runtime")
-            if tracing.active:
-                with tracing.server_span(SPAN_NAMES[method], metadata.items(), LINK_SYSTEM):
+            if self.tracing.active:
+                with self.tracing.server_span(SPAN_NAMES[method], metadata.items(), LINK_SYSTEM):
                     return await self.infer(payload, self._serialized)
             return await self.infer(payload, self._serialized)
         except MeshError:

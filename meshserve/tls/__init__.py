@@ -307,7 +307,7 @@ def aio_channel(target: str, mesh_tls: MeshTls | None, options: Sequence[tuple[s
                 interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> grpc.aio.Channel:
     """An asyncio channel to a mesh service: TLS with ``mesh_tls``, plain text without.
 
-    ``interceptors``: e.g. :func:`meshserve.tracing.client_interceptors` for traced calls.
+    ``interceptors``: e.g. :meth:`meshserve.tracing.Tracing.client_interceptors` for traced calls.
     """
     if mesh_tls is None:
         return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors or None)

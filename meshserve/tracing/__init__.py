@@ -1,27 +1,36 @@
 """Distributed tracing with OpenTelemetry: one trace per call, from the caller through the
 router to the runtimes and their R workers.
 
-Off unless a service's ``trace_sample_ratio`` is above 0. Off, nothing is installed: no
-gRPC interceptor, no span; the call paths check :data:`active` (one module attribute) and
-go on. On (:func:`setup`, once per process, by the service being created):
+A service's tracing is a :class:`Tracing`: the service makes it once at start-up from its
+settings (:func:`setup`) and hands it to every part that records spans (its gRPC server,
+its channels, the router's forwarder and mesh-link clients, a runtime's servicer, data
+plane and loader), each keeping a reference. It is off unless the service's
+``trace_sample_ratio`` is above 0: :func:`setup` then gives :data:`OFF` (the tracing of a
+part given none), and nothing is installed, no gRPC interceptor, no span; the call paths
+check ``self.tracing.active`` (one attribute) and go on. On:
 
-- incoming gRPC calls get a SERVER span (:func:`traced_handlers`, applied by
+- incoming gRPC calls get a SERVER span (:meth:`Tracing.traced_handlers`, applied by
   :class:`~meshserve.grpcutil.server.ServiceServer`), continuing the caller's trace when
   its metadata carries a W3C ``traceparent``; health and reflection are left alone;
-- calls made on channels built with :func:`client_interceptors` get a CLIENT span and
-  carry its ``traceparent`` on (the router's channels to runtimes and Triton);
-- the mesh link does the same by hand: :func:`client_span` plus :func:`with_context` on
-  the router's side, :func:`server_span` from the frame's metadata on the runtime's;
-- :func:`span` opens an INTERNAL span in the current trace (a pipeline and its steps, a
-  predict, an R worker call).
+- calls made on channels built with :meth:`Tracing.client_interceptors` get a CLIENT span
+  and carry its ``traceparent`` on (the router's channels to runtimes and Triton);
+- the mesh link does the same by hand: :meth:`Tracing.client_span` plus
+  :func:`with_context` on the router's side, :meth:`Tracing.server_span` from the frame's
+  metadata on the runtime's;
+- :meth:`Tracing.span` opens an INTERNAL span in the current trace (a pipeline and its
+  steps, a predict, an R worker call).
+
+The configuration is the object's; what belongs to one call (its current span) is in
+OpenTelemetry's context, as everywhere.
 
 meshserve's spans are recorded by :mod:`.spans` (API spans without the SDK's per-span
-cost); the OpenTelemetry SDK is the process's tracer provider, so spans that model code or
-libraries start join the same trace and go the same way. Sampling is parent-based: a call
-whose caller's trace is sampled is traced, one whose caller's trace is not is not, and a
-call arriving without a trace starts one with probability ``trace_sample_ratio``. Spans go,
+cost); the first tracing made in a process installs its OpenTelemetry SDK tracer provider
+as the process's, so spans that model code or libraries start join the same trace and go
+the same way. Sampling is parent-based: a call whose caller's trace is sampled is traced,
+one whose caller's trace is not is not, and a call arriving without a trace starts one
+with probability ``trace_sample_ratio``. Spans go,
 in batches, to the OTLP/gRPC collector at ``otlp_endpoint`` (:mod:`.otlp`);
-:func:`shutdown` exports what is left when the service stops.
+:meth:`Tracing.shutdown` exports what is left when the service stops.
 """
 
 from __future__ import annotations
@@ -55,30 +64,119 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Read on every call: while False, tracing costs nothing else.
-active = False
-_recorder: Recorder | None = None
-_provider: TracerProvider | None = None
-
 TRACE_KEYS = ("traceparent", "tracestate")
 _PROPAGATOR = TraceContextTextMapPropagator()
 NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
 _ROOT = Context()
 
 
+class Tracing:
+    """One service's tracing: its span recorder and the SDK tracer provider exporting the spans.
+
+    Made once by the service (:func:`setup`) and handed to each part that records spans,
+    which keeps it and checks :attr:`active` on each call: while False, tracing costs
+    nothing else. :meth:`shutdown` (when the service stops) exports what is left and turns
+    it off.
+    """
+
+    __slots__ = ("_provider", "_recorder", "active")
+
+    def __init__(self, recorder: Recorder | None = None, provider: TracerProvider | None = None) -> None:
+        self._recorder = recorder
+        self._provider = provider
+        self.active = recorder is not None
+
+    def __repr__(self) -> str:
+        return f"Tracing(active={self.active})"
+
+    def shutdown(self, wait_s: float = 3.0) -> None:
+        """Export the spans not exported yet and stop tracing (when the service stops).
+
+        Waits at most ``wait_s`` (a collector that does not answer must not hold up a stop);
+        spans still unsent then are dropped with a warning.
+        """
+        provider, self._provider = self._provider, None
+        self._recorder = None
+        self.active = False
+        if provider is None:
+            return
+        flushing = threading.Thread(target=provider.shutdown, name="trace-shutdown", daemon=True)
+        flushing.start()
+        flushing.join(wait_s)
+        if flushing.is_alive():
+            log.warning("the trace collector took more than %.0f s: spans not exported yet are dropped", wait_s)
+
+    # -- spans ------------------------------------------------------------------------------
+
+    def start_span(self, name: str, kind: SpanKind, parent: SpanContext | None,
+                   attributes: Mapping[str, Any] | None) -> Span:
+        recorder = self._recorder
+        if recorder is None:  # tracing was turned off meanwhile
+            return trace.INVALID_SPAN
+        return recorder.start(name, kind, parent, attributes)
+
+    def span(self, name: str, attributes: Mapping[str, Any] | None = None) -> Scope:
+        """An INTERNAL span, current for the ``with`` block, child of the current span.
+
+        Call it only when :attr:`active` (``with self.tracing.span(...) if
+        self.tracing.active else tracing.NO_SPAN``). An exception leaving the block marks
+        the span as an error.
+        """
+        return Scope(self.start_span(name, SpanKind.INTERNAL, current_span_context(), attributes), None)
+
+    def client_span(self, name: str, peer: str, system: str = "grpc") -> Scope:
+        """A CLIENT span for a call to ``peer`` (host:port); send its context with :func:`with_context`."""
+        return Scope(self.start_span(name, SpanKind.CLIENT, current_span_context(),
+                                     rpc_attributes(name, system, peer)), STATUS_CODE_ATTRIBUTE)
+
+    def server_span(self, name: str, metadata: Iterable[tuple[str, Any]], system: str = "grpc") -> Scope:
+        """A SERVER span for a call received with ``metadata``, continuing the caller's trace."""
+        return Scope(self.start_span(name, SpanKind.SERVER, remote_parent(metadata), rpc_attributes(name, system)),
+                     STATUS_CODE_ATTRIBUTE)
+
+    # -- gRPC (.interceptors) ---------------------------------------------------------------
+
+    def traced_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]],
+                        ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+        """``service``'s method handlers, each call in a SERVER span while tracing is on.
+
+        Wrapping at registration leaves a traced call no costlier than its span: no
+        interceptor runs per call. Health checking and reflection are registered otherwise
+        and left alone. Off, the handlers as they are.
+        """
+        if not self.active:
+            return dict(handlers)
+        from meshserve.tracing.interceptors import traced_handler
+
+        return {method: traced_handler(self, f"{service}/{method}", handler) for method, handler in handlers.items()}
+
+    def client_interceptors(self, target: str) -> list[grpc.aio.ClientInterceptor]:
+        """What a channel to ``target`` needs for its calls to be traced: [] while tracing is off.
+
+        Unary-unary and stream-stream calls (the inference protocol's) get a CLIENT span each.
+        """
+        if not self.active:
+            return []
+        from meshserve.tracing.interceptors import StreamClientInterceptor, UnaryClientInterceptor
+
+        return [UnaryClientInterceptor(self, target), StreamClientInterceptor(self, target)]
+
+
+OFF = Tracing()  # tracing off: what a service with a sample ratio of 0 has, and a part given no tracing
+
+
 def setup(settings: ServiceSettings, service: str, instance: str = "", *,
-          exporter: SpanExporter | None = None) -> bool:
-    """Turn tracing on for this process when ``settings.trace_sample_ratio`` is above 0.
+          exporter: SpanExporter | None = None) -> Tracing:
+    """The tracing of a service with these settings: :data:`OFF` unless ``settings.trace_sample_ratio`` is above 0.
 
     ``service`` is the service's kind (``router``, ``python``, ``r``, ``audit``): the
     spans' ``service.name``; ``instance`` its id. ``exporter`` replaces the OTLP exporter
-    (tests). The first call in a process decides; later calls change nothing. Returns
-    whether tracing is on.
+    (tests). Called once by each service, at start-up; the first tracing made in a
+    process also becomes OpenTelemetry's tracer provider there.
     """
-    global active, _recorder, _provider
     ratio = settings.trace_sample_ratio
-    if active or ratio <= 0:
-        return active
+    if ratio <= 0:
+        return OFF
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -102,11 +200,9 @@ def setup(settings: ServiceSettings, service: str, instance: str = "", *,
         where = "nowhere (no --otlp-endpoint): trace ids travel and reach the audit trail, spans are dropped"
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         trace.set_tracer_provider(provider)  # so that libraries tracing on their own join in
-    _provider = provider
-    _recorder = Recorder(processor, resource, InstrumentationScope("meshserve", meshserve.__version__), ratio)
-    active = True
+    recorder = Recorder(processor, resource, InstrumentationScope("meshserve", meshserve.__version__), ratio)
     log.info("tracing on: %s, sampling %g of the calls that start here, spans to %s", service, ratio, where)
-    return True
+    return Tracing(recorder, provider)
 
 
 def _otlp_exporter(endpoint: str) -> SpanExporter:
@@ -114,25 +210,6 @@ def _otlp_exporter(endpoint: str) -> SpanExporter:
 
     # host:port is plain text (a collector beside the service); https://host:port is TLS.
     return OtlpExporter(endpoint, timeout_s=5)
-
-
-def shutdown(wait_s: float = 3.0) -> None:
-    """Export the spans not exported yet and stop tracing (when a service stops).
-
-    Waits at most ``wait_s`` (a collector that does not answer must not hold up a stop);
-    spans still unsent then are dropped with a warning.
-    """
-    global active, _recorder, _provider
-    provider, _provider = _provider, None
-    _recorder = None
-    active = False
-    if provider is None:
-        return
-    flushing = threading.Thread(target=provider.shutdown, name="trace-shutdown", daemon=True)
-    flushing.start()
-    flushing.join(wait_s)
-    if flushing.is_alive():
-        log.warning("the trace collector took more than %.0f s: spans not exported yet are dropped", wait_s)
 
 
 # -- context --------------------------------------------------------------------------------
@@ -172,22 +249,6 @@ def annotate(model: str, version: str) -> None:
 
 
 # -- spans ----------------------------------------------------------------------------------
-
-
-def span(name: str, attributes: Mapping[str, Any] | None = None) -> Scope:
-    """An INTERNAL span, current for the ``with`` block, child of the current span.
-
-    Call it only when :data:`active` (``with tracing.span(...) if tracing.active else
-    tracing.NO_SPAN``). An exception leaving the block marks the span as an error.
-    """
-    return Scope(start_span(name, SpanKind.INTERNAL, current_span_context(), attributes), None)
-
-
-def start_span(name: str, kind: SpanKind, parent: SpanContext | None, attributes: Mapping[str, Any] | None) -> Span:
-    recorder = _recorder
-    if recorder is None:  # tracing was turned off meanwhile
-        return trace.INVALID_SPAN
-    return recorder.start(name, kind, parent, attributes)
 
 
 def current_span_context() -> SpanContext:
@@ -248,44 +309,3 @@ def rpc_attributes(name: str, system: str, peer: str = "") -> dict[str, Any]:
         host, _, port = peer.rpartition(":")
         attributes.update({"server.address": host, "server.port": int(port) if port.isdigit() else 0})
     return attributes
-
-
-def client_span(name: str, peer: str, system: str = "grpc") -> Scope:
-    """A CLIENT span for a call to ``peer`` (host:port); send its context with :func:`with_context`."""
-    return Scope(start_span(name, SpanKind.CLIENT, current_span_context(), rpc_attributes(name, system, peer)),
-                 STATUS_CODE_ATTRIBUTE)
-
-
-def server_span(name: str, metadata: Iterable[tuple[str, Any]], system: str = "grpc") -> Scope:
-    """A SERVER span for a call received with ``metadata``, continuing the caller's trace."""
-    return Scope(start_span(name, SpanKind.SERVER, remote_parent(metadata), rpc_attributes(name, system)),
-                 STATUS_CODE_ATTRIBUTE)
-
-
-# -- gRPC interceptors (.interceptors) -------------------------------------------------------
-
-
-def traced_handlers(service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]],
-                    ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
-    """``service``'s method handlers, each call in a SERVER span while tracing is on.
-
-    Wrapping at registration leaves a traced call no costlier than its span: no interceptor
-    runs per call. Health checking and reflection are registered otherwise and left alone.
-    """
-    if not active:
-        return dict(handlers)
-    from meshserve.tracing.interceptors import traced_handler
-
-    return {method: traced_handler(f"{service}/{method}", handler) for method, handler in handlers.items()}
-
-
-def client_interceptors(target: str) -> list[grpc.aio.ClientInterceptor]:
-    """What a channel to ``target`` needs for its calls to be traced: [] while tracing is off.
-
-    Unary-unary and stream-stream calls (the inference protocol's) get a CLIENT span each.
-    """
-    if not active:
-        return []
-    from meshserve.tracing.interceptors import StreamClientInterceptor, UnaryClientInterceptor
-
-    return [UnaryClientInterceptor(target), StreamClientInterceptor(target)]

@@ -5,32 +5,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
-from meshserve.tracing import (
-    STATUS_CODE_ATTRIBUTE,
-    client_span,
-    current_span_context,
-    grpc_metadata,
-    mark_failed,
-    rpc_attributes,
-    server_span,
-    start_span,
-)
+from meshserve.tracing import STATUS_CODE_ATTRIBUTE, current_span_context, grpc_metadata, mark_failed, rpc_attributes
+
+if TYPE_CHECKING:
+    from meshserve.tracing import Tracing
 
 Behavior = Callable[..., Any]
 
 
-def traced_handler(name: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` with a SERVER span around each call (``name``: ``service/Method``).
+def traced_handler(tracing: Tracing, name: str, handler: grpc.RpcMethodHandler[Any, Any],
+                   ) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with a SERVER span of ``tracing`` around each call (``name``: ``service/Method``).
 
     Streaming responses must come from async generators (not ``context.write``), as
     meshserve's do.
     """
+    server_span = tracing.server_span
     options = {"request_deserializer": handler.request_deserializer,
                "response_serializer": handler.response_serializer}
     if handler.response_streaming:
@@ -67,26 +63,29 @@ def _method_name(details: grpc.aio.ClientCallDetails) -> str:
 
 
 class UnaryClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    def __init__(self, target: str) -> None:
+    def __init__(self, tracing: Tracing, target: str) -> None:
+        self.tracing = tracing
         self.target = target
 
     async def intercept_unary_unary(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails,
                                     request: Any) -> Any:
-        with client_span(_method_name(details), self.target):
+        with self.tracing.client_span(_method_name(details), self.target):
             call = await continuation(details._replace(metadata=grpc_metadata(details.metadata)), request)
             await call  # the span lasts until the answer; an error (AioRpcError) goes on to the caller
             return call
 
 
 class StreamClientInterceptor(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, target: str) -> None:
+    def __init__(self, tracing: Tracing, target: str) -> None:
+        self.tracing = tracing
         self.target = target
 
     async def intercept_stream_stream(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails,
                                       request_iterator: Any) -> Any:
         name = _method_name(details)
         # The span lasts as long as the stream: it ends when the call is done.
-        current = start_span(name, SpanKind.CLIENT, current_span_context(), rpc_attributes(name, "grpc", self.target))
+        current = self.tracing.start_span(name, SpanKind.CLIENT, current_span_context(),
+                                          rpc_attributes(name, "grpc", self.target))
         try:
             call = await continuation(details._replace(metadata=grpc_metadata(
                 details.metadata, trace.set_span_in_context(current))), request_iterator)

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from meshserve import tracing
 from meshserve.errors import InvalidArgument
 from meshserve.runtime import Arrays, Backend, BackendLoader, Manifest
+from meshserve.tracing import OFF, Tracing
 
 from .pool import RWorkerPool
 from .protocol import RModelSpec
@@ -21,15 +21,17 @@ class RBackend(Backend):
     platform = "r"
     is_async = True
 
-    def __init__(self, pool: RWorkerPool, key: str, spec: RModelSpec, outputs: list[tuple[str, str]]) -> None:
+    def __init__(self, pool: RWorkerPool, key: str, spec: RModelSpec, outputs: list[tuple[str, str]],
+                 tracing: Tracing = OFF) -> None:
         self.pool = pool
+        self.tracing = tracing
         self.key = key
         self.spec = spec
         self.outputs = outputs
 
     async def apredict(self, inputs: Arrays, wanted: Sequence[str]) -> Arrays:
-        if tracing.active:  # a span for the R bridge: the wait for a worker, the pipes, R's predict()
-            with tracing.span("R worker predict", {"meshserve.r.model": self.key}) as current:
+        if self.tracing.active:  # a span for the R bridge: the wait for a worker, the pipes, R's predict()
+            with self.tracing.span("R worker predict", {"meshserve.r.model": self.key}) as current:
                 result = await self.pool.predict(self.key, self.spec, inputs, self.outputs)
                 current.set_attribute("meshserve.r.worker_pid", result.worker_pid)
                 current.set_attribute("meshserve.r.predict_ns", result.r_nanos)
@@ -70,4 +72,4 @@ class RLoader(BackendLoader):
         if not Path(spec.path).is_file():  # noqa: ASYNC240 - one stat when a model loads
             raise InvalidArgument(f"R model {name!r} version {version}: {spec.path} does not exist")
         outputs = [(o.name, o.datatype) for o in manifest.outputs]
-        return RBackend(self.pool, f"{name}/{version}", spec, outputs)
+        return RBackend(self.pool, f"{name}/{version}", spec, outputs, self.tracing)

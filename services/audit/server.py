@@ -38,9 +38,10 @@ class AuditService:
         self.settings = settings
         self.parts = Parts("audit service")
         self._grace = 2.0
-        tracing.setup(settings, "audit")  # before the server: its interceptors depend on it
+        self.tracing = tracing.setup(settings, "audit")
+        self.parts.on_stop("tracing", self.tracing.shutdown)  # stopped last: the spans not exported yet go
         self.mesh_tls = settings.mesh_tls()
-        self.grpc = ServiceServer([AUDIT_SERVICE], max_message_bytes=settings.max_message_bytes)
+        self.grpc = ServiceServer([AUDIT_SERVICE], max_message_bytes=settings.max_message_bytes, tracing=self.tracing)
         self.store: Store | None = None
         self.consumer: Consumer | None = None
         self.metrics = AuditMetrics()
@@ -99,10 +100,7 @@ def create_server(settings: AuditSettings) -> AuditService:
 
 async def serve(settings: AuditSettings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    try:
-        await run_until_signalled(create_server(settings), "audit service", settings.announce_file)
-    finally:
-        tracing.shutdown()
+    await run_until_signalled(create_server(settings), "audit service", settings.announce_file)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,6 +36,7 @@ from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.protos.meshserve.registry.v1 import registry_pb2_grpc
 from meshserve.registry.cache import RegistryCache
+from meshserve.tracing import OFF, Tracing
 
 from .audit import Call, CallAudit
 from .forward import forwarded_metadata
@@ -59,12 +60,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     caller may see; changes need ``admin`` on the name they change."""
 
     def __init__(self, cache: RegistryCache, access: Access, audit: CallAudit, resolver: Resolver,
-                 pool: ConnectionPool) -> None:
+                 pool: ConnectionPool, *, tracing: Tracing = OFF) -> None:
         self.cache = cache
         self.access = access
         self.audit = audit
         self.resolver = resolver
         self.pool = pool
+        self.tracing = tracing  # the calls' trace ids, in their audit events
         self.component = "the router"  # who failed, in internal errors
         if access.dev_mode:
             log.warning("DEV MODE: callers WITHOUT A KEY may also change routes, aliases and pipelines")
@@ -97,7 +99,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def _allow(self, context: Context, method: str, model: str, action: str | None) -> Principal:
         """The caller, if it may ``action`` on ``model`` (None: any caller with a valid key or none); else the
         refusal, audited."""
-        call = Call(method)
+        call = Call(method, self.tracing)
         call.model = model
         try:
             call.principal = self.access.authenticate(context.invocation_metadata() or ())
@@ -167,7 +169,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def _change(self, context: Context, method: str, name: str,
                       work: Callable[[Principal], Awaitable[T]]) -> T:
         """``work`` done for an admin of ``name``; the outcome, whatever it is, audited."""
-        call = Call(method)
+        call = Call(method, self.tracing)
         call.model = name
         code, message = grpc.StatusCode.OK, ""
         try:

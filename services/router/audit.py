@@ -25,7 +25,6 @@ from collections.abc import Mapping, Sequence
 import grpc
 from google.protobuf.message import DecodeError
 
-from meshserve import tracing
 from meshserve.audit.digest import TensorData, request_tensors, response_tensors, side_digest
 from meshserve.audit.journal import Journal, Segment
 from meshserve.audit.publisher import Event, EventPublisher
@@ -35,6 +34,7 @@ from meshserve.names import is_request_id
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.audit.v1 import audit_pb2
 from meshserve.registry.cache import Replica
+from meshserve.tracing import OFF, Tracing, current_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +45,12 @@ _NO_POLICY = audit_pb2.AuditPolicy()
 
 
 class Call:
-    """What the router learns about one call while routing it."""
+    """What the router learns about one call while routing it (traced with the router's ``tracing``)."""
 
     __slots__ = ("method", "model", "parent_request_id", "principal", "replica", "request_id", "requested_version",
                  "resolved_version", "shadow", "start_ns", "trace_id", "trusted")
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, tracing: Tracing = OFF) -> None:
         self.method = method
         self.start_ns = time.time_ns()
         self.model = ""
@@ -63,7 +63,7 @@ class Call:
         self.principal = ANONYMOUS  # who called, once authenticated
         self.trusted = False  # made by the router itself (pipeline steps, shadows): no access check
         # With tracing on: the trace the call is part of (its span is current while it is routed).
-        self.trace_id = tracing.current_trace_id() if tracing.active else ""
+        self.trace_id = current_trace_id() if tracing.active else ""
 
 
 JournalRecord = audit_pb2.JournalRecord

@@ -22,6 +22,7 @@ from meshserve.auth.limits import RateLimiter, check_request
 from meshserve.errors import REFUSALS, InvalidArgument, MeshError, as_mesh_error, error_for, too_large
 from meshserve.names import check_request_id, is_request_id
 from meshserve.protos.inference import grpc_service_pb2 as oip
+from meshserve.tracing import OFF, Tracing
 
 from .audit import Call, CallAudit, Metadata
 from .metrics import SHADOW, RouterMetrics
@@ -104,12 +105,14 @@ def size_details(details: str, answer: str, runtime: str) -> str:
 
 
 class Forwarder:
-    """Routes each call by the model name and version inside its bytes."""
+    """Routes each call by the model name and version inside its bytes (traced with ``tracing``)."""
 
     def __init__(self, resolver: Resolver, pool: ConnectionPool, audit: CallAudit, access: Access,
                  rates: RateLimiter, *, max_attempts: int = 3, retry_min_s: float = 0.01,
-                 metrics: RouterMetrics | None = None, max_message_bytes: int = 64 * 1024 * 1024) -> None:
+                 metrics: RouterMetrics | None = None, max_message_bytes: int = 64 * 1024 * 1024,
+                 tracing: Tracing = OFF) -> None:
         self.resolver = resolver
+        self.tracing = tracing
         self.pool = pool
         self.metrics = metrics if metrics is not None else RouterMetrics()
         # Retries of UNAVAILABLE calls on other replicas: at most this many attempts in all,
@@ -144,6 +147,7 @@ class Forwarder:
         metrics = self.metrics
         done = metrics.done
         limit = self.max_message_bytes
+        traced = self.tracing
 
         def check_size(call: Call, response: bytes) -> None:
             if len(response) > limit:  # gRPC would fail the call after it was audited as answered
@@ -158,7 +162,7 @@ class Forwarder:
             return request_id
 
         async def handler(request: bytes, context: Context) -> bytes:
-            call = Call(method)
+            call = Call(method, traced)
             metadata = forwarded_metadata(context)
             code = _UNKNOWN
             metrics.inflight += 1
@@ -187,7 +191,7 @@ class Forwarder:
             raise AssertionError("unreachable")
 
         async def audited_handler(request: bytes, context: Context) -> bytes:
-            call = Call(method)
+            call = Call(method, traced)
             metadata = forwarded_metadata(context)
             code = _UNKNOWN
             metrics.inflight += 1
@@ -241,7 +245,7 @@ class Forwarder:
             task.add_done_callback(self._shadows.discard)
 
     async def _shadow(self, forward: Forward, request: bytes, peer: str, metadata: Metadata) -> None:
-        call = Call("ModelInfer")
+        call = Call("ModelInfer", self.tracing)
         call.shadow = call.trusted = True
         deadline = time.monotonic() + SHADOW_TIMEOUT_S
         try:
@@ -278,6 +282,7 @@ class Forwarder:
         pipes = self.resolver.cache.pipelines if pipelines else {}
         metrics = self.metrics
         model_inflight = metrics.model_inflight
+        traced = self.tracing
 
         async def forward(call: Call, request: bytes, time_remaining: Callable[[], float | None],
                           metadata: Metadata) -> bytes:
@@ -302,7 +307,7 @@ class Forwarder:
             if call.resolved_version != version and (version or name in routed):
                 # An alias or a route chose the version: the runtime must serve that one.
                 request += string_field(version_field, call.resolved_version)
-            if tracing.active:  # the call's span (the server's, or a pipeline step's) names what it routed to
+            if traced.active:  # the call's span (the server's, or a pipeline step's) names what it routed to
                 tracing.annotate(name, call.resolved_version)
             conn = choose(replicas)
             attempts = min(max_attempts, len(replicas))
@@ -352,7 +357,7 @@ class Forwarder:
                 raise error_for(code, f"model {name!r} on {conn.replica.runtime_id} ({conn.address}) is "
                                       f"unavailable{others}: {details}")
 
-        runner = PipelineRunner(forward, self.audit, pipes, metrics)
+        runner = PipelineRunner(forward, self.audit, pipes, metrics, traced)
         return forward
 
     async def stream_infer(self, requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[bytes]:
@@ -373,7 +378,7 @@ class Forwarder:
         metadata = forwarded_metadata(context)
         audit = self.audit if self.audit.enabled else None
         peer = context.peer() if audit else ""
-        refused = Call(_STREAM)
+        refused = Call(_STREAM, self.tracing)
         try:
             principal = refused.principal = self.access.authenticate(context.invocation_metadata() or ())
             check_request_ids("", metadata)
@@ -432,7 +437,7 @@ class Forwarder:
         async def read_requests() -> None:
             try:
                 async for request in requests:
-                    call = Call("ModelStreamInfer")
+                    call = Call("ModelStreamInfer", self.tracing)
                     call.principal = principal
                     try:
                         name, version, request_id = request_fields(request, 1, 2, 3, "ModelInferRequest")

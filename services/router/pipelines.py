@@ -27,6 +27,7 @@ from meshserve.pipelines import dependencies, order
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry.cache import Replica
+from meshserve.tracing import OFF, Tracing
 
 from .audit import Call, CallAudit, Metadata
 from .metrics import PIPELINE_STEP, RouterMetrics
@@ -51,18 +52,19 @@ def _tensors(tensors: Any, raws: Any, kind: str) -> dict[str, Tensor]:
     return out
 
 
-def _step_span(pipeline: str, step: pb.PipelineStep) -> tracing.Scope:
-    return tracing.span(f"pipeline step {pipeline}/{step.name}", {
+def _step_span(traced: Tracing, pipeline: str, step: pb.PipelineStep) -> tracing.Scope:
+    return traced.span(f"pipeline step {pipeline}/{step.name}", {
         "meshserve.pipeline": pipeline, "meshserve.pipeline_step": step.name, "meshserve.model": step.model,
         "meshserve.requested_version": step.version})
 
 
 class PipelineRunner:
-    """Runs the pipelines of ``pipelines`` (the registry cache's) through ``forward``."""
+    """Runs the pipelines of ``pipelines`` (the registry cache's) through ``forward``, traced with ``tracing``."""
 
     def __init__(self, forward: Forward, audit: CallAudit, pipelines: Mapping[str, pb.Pipeline],
-                 metrics: RouterMetrics | None = None) -> None:
+                 metrics: RouterMetrics | None = None, tracing: Tracing = OFF) -> None:
         self.forward = forward
+        self.tracing = tracing
         self.audit = audit
         self.pipelines = pipelines
         self.metrics = metrics if metrics is not None else RouterMetrics()
@@ -70,8 +72,8 @@ class PipelineRunner:
 
     async def run(self, call: Call, request: bytes, time_remaining: Callable[[], float | None],
                   metadata: Metadata) -> bytes:
-        if tracing.active:  # one span for the pipeline, its steps' spans inside it
-            with tracing.span(f"pipeline {call.model}", {"meshserve.pipeline": call.model}) as current:
+        if self.tracing.active:  # one span for the pipeline, its steps' spans inside it
+            with self.tracing.span(f"pipeline {call.model}", {"meshserve.pipeline": call.model}) as current:
                 response = await self._run(call, request, time_remaining, metadata)
                 current.set_attribute("meshserve.request_id", call.request_id)
                 return response
@@ -146,12 +148,12 @@ class PipelineRunner:
             request.inputs.add(name=model_input, datatype=datatype, shape=shape)
             request.raw_input_contents.append(raw)
         data = request.SerializeToString()
-        call = Call("ModelInfer")
+        call = Call("ModelInfer", self.tracing)
         call.parent_request_id = parent
         call.principal = parent_call.principal
         call.trusted = True  # the caller may call the pipeline; its steps run with the router's authority
         try:
-            with _step_span(pipeline, step) if tracing.active else tracing.NO_SPAN:
+            with _step_span(self.tracing, pipeline, step) if self.tracing.active else tracing.NO_SPAN:
                 answer = await self.forward(call, data, time_remaining, metadata)
         except MeshError as e:
             self.metrics.done(PIPELINE_STEP, call, e.code)

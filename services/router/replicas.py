@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from meshserve import tracing
 from meshserve.auth import mesh as mesh_credential
 from meshserve.errors import Unavailable
 from meshserve.grpcutil.server import channel_options
 from meshserve.link import LinkClient
 from meshserve.registry.cache import Replica
 from meshserve.tls import MeshTls, aio_channel
+from meshserve.tracing import OFF, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +54,18 @@ class Connection:
     """A channel to one replica and its per-method raw callables."""
 
     __slots__ = ("_credential", "_link", "_link_lock", "_link_retry_at", "_max_message_bytes", "_mesh_tls", "_stream",
-                 "_unary", "address", "channel", "ejected_until", "failures", "inflight", "link_address", "replica")
+                 "_tracing", "_unary", "address", "channel", "ejected_until", "failures", "inflight", "link_address",
+                 "replica")
 
     def __init__(self, replica: Replica, options: list[tuple[str, Any]], max_message_bytes: int,
-                 use_link: bool, mesh_tls: MeshTls | None = None, credential: str | None = None) -> None:
+                 use_link: bool, mesh_tls: MeshTls | None = None, credential: str | None = None,
+                 tracing: Tracing = OFF) -> None:
         self.replica = replica
         self.address = replica.address
         self.link_address = replica.link_address if use_link else ""
         # Traced calls (tracing on) get a client span each and carry its context to the runtime.
         self.channel = aio_channel(replica.address, mesh_tls, options, tracing.client_interceptors(replica.address))
+        self._tracing = tracing  # the mesh link's too
         self.inflight = 0
         # The breaker: consecutive UNAVAILABLE calls, and until when the replica is avoided.
         self.failures = 0
@@ -101,7 +104,8 @@ class Connection:
             connect_s = LINK_CONNECT_S if remaining_s is None else max(0.01, min(LINK_CONNECT_S, remaining_s))
             try:
                 self._link = await LinkClient.connect(self.link_address, self._max_message_bytes, connect_s,
-                                                      mesh_tls=self._mesh_tls, credential=self._credential)
+                                                      mesh_tls=self._mesh_tls, credential=self._credential,
+                                                      tracing=self._tracing)
             except Unavailable as e:
                 log.warning("%s; calling %s over gRPC for %.0f s", e, self.replica.runtime_id, LINK_RETRY_S)
                 self._link_retry_at = time.monotonic() + LINK_RETRY_S
@@ -134,13 +138,14 @@ class ConnectionPool:
     """Connections to every replica the registry lists, opened and closed as it changes.
 
     ``eject_s`` and ``breaker_failures`` set the replicas' circuit breakers (see the
-    module's docstring); ``clock`` is for tests.
+    module's docstring); ``clock`` is for tests. Calls to the replicas are traced with ``tracing``.
     """
 
     def __init__(self, max_message_bytes: int, use_link: bool = True, *, eject_s: float = 2.0,
                  breaker_failures: int = 3, clock: Callable[[], float] = time.monotonic,
-                 mesh_tls: MeshTls | None = None, credential: str | None = None) -> None:
+                 mesh_tls: MeshTls | None = None, credential: str | None = None, tracing: Tracing = OFF) -> None:
         self._options = channel_options(max_message_bytes)
+        self._tracing = tracing
         self._mesh_tls = mesh_tls  # TLS to runtimes; each new connection presents the current certificate
         self._credential = credential  # the mesh credential every call to a runtime presents
         self._max_message_bytes = max_message_bytes
@@ -159,7 +164,7 @@ class ConnectionPool:
         if conn is not None:
             self._close_later(conn)
         conn = Connection(replica, self._options, self._max_message_bytes, self._use_link, self._mesh_tls,
-                          self._credential)
+                          self._credential, self._tracing)
         self._by_address[replica.address] = conn
         return conn
 

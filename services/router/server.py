@@ -66,13 +66,16 @@ class Router:
         self.settings = settings
         self.parts = Parts("router")
         self._grace = 2.0
-        tracing.setup(settings, "router", settings.router_id)  # before the server and channels: they depend on it
+        # Made once and handed to every part that records spans.
+        self.tracing = tracing.setup(settings, "router", settings.router_id)
+        self.parts.on_stop("tracing", self.tracing.shutdown)  # stopped last: the spans not exported yet go
         self.mesh_tls = settings.mesh_tls()
         self.metrics = RouterMetrics()
         self.metrics_server = MetricsServer(self.metrics.registry)
         self.pool = ConnectionPool(settings.max_message_bytes, settings.use_link, eject_s=settings.eject_s,
                                    breaker_failures=settings.breaker_failures, mesh_tls=self.mesh_tls,
-                                   credential=mesh_credential.read_optional(settings.mesh_credential_file))
+                                   credential=mesh_credential.read_optional(settings.mesh_credential_file),
+                                   tracing=self.tracing)
         self.cache = RegistryCache(settings.etcd_endpoint, on_change=self._registry_changed,
                                    on_routers=self._routers_changed, mesh_tls=self.mesh_tls,
                                    credentials=settings.etcd_credentials())
@@ -99,10 +102,13 @@ class Router:
             calls_per_second=settings.rate_limit_per_s, burst=settings.rate_limit_burst))
         self.forwarder = Forwarder(resolver, self.pool, self.audit, self.access, self.rates,
                                    max_attempts=settings.max_attempts, retry_min_s=settings.retry_min_s,
-                                   metrics=self.metrics, max_message_bytes=settings.max_message_bytes)
+                                   metrics=self.metrics, max_message_bytes=settings.max_message_bytes,
+                                   tracing=self.tracing)
         self.metrics.watch(self.cache, self.pool, placer, self.scaler, publisher, self.rates, self.audit)
-        mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s, self.access, self.audit)
-        self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes)
+        mesh = MeshServicer(self.cache, resolver, self.pool, settings.load_wait_s, self.access, self.audit,
+                            tracing=self.tracing)
+        self.grpc = ServiceServer([OIP_SERVICE, REGISTRY_SERVICE], max_message_bytes=settings.max_message_bytes,
+                                  tracing=self.tracing)
         fwd = self.forwarder
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
             "ModelInfer": _raw(fwd.unary("ModelInfer", link_method=MODEL_INFER, audited=True, mirrored=True,
@@ -121,7 +127,7 @@ class Router:
         }
         self.grpc.add_handlers(OIP_SERVICE, handlers)
         add_service(self.grpc, registry_pb2.DESCRIPTOR.services_by_name["RegistryService"],
-                    RegistryServicer(self.cache, self.access, self.audit, resolver, self.pool))
+                    RegistryServicer(self.cache, self.access, self.audit, resolver, self.pool, tracing=self.tracing))
 
     @property
     def address(self) -> str:
@@ -184,10 +190,7 @@ def create_server(settings: RouterSettings) -> Router:
 
 async def serve(settings: RouterSettings) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    try:
-        await run_until_signalled(create_server(settings), "router", settings.announce_file)
-    finally:
-        tracing.shutdown()  # the spans not exported yet go now
+    await run_until_signalled(create_server(settings), "router", settings.announce_file)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,6 +18,7 @@ from meshserve.oip.repository import version_parameter
 from meshserve.protos.inference import grpc_service_pb2 as oip
 from meshserve.protos.meshserve.registry.v1 import registry_pb2 as pb
 from meshserve.registry.cache import RegistryCache, Replica
+from meshserve.tracing import OFF, Tracing
 
 from .audit import Call, CallAudit
 from .forward import forwarded_metadata
@@ -50,18 +51,19 @@ class MeshServicer:
     """ServerLive/Ready/Metadata, ModelReady, ModelMetadata, RepositoryIndex/Load/Unload."""
 
     def __init__(self, cache: RegistryCache, resolver: Resolver, pool: ConnectionPool,
-                 load_wait_s: float, access: Access, audit: CallAudit) -> None:
+                 load_wait_s: float, access: Access, audit: CallAudit, *, tracing: Tracing = OFF) -> None:
         self.cache = cache
         self.resolver = resolver
         self.pool = pool
         self.load_wait_s = load_wait_s
         self.access = access
         self.audit = audit
+        self.tracing = tracing  # the calls' trace ids, in their audit events
         self.component = "the router"  # who failed, in internal errors
 
     def _allow(self, context: Context, method: str, model: str, action: str) -> Principal:
         """The caller, if it may ``action`` on ``model``; else the refusal, audited."""
-        call = Call(method)
+        call = Call(method, self.tracing)
         call.model = model
         try:
             call.principal = self.access.authenticate(context.invocation_metadata() or ())

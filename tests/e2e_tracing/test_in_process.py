@@ -1,7 +1,7 @@
 """Tracing's plumbing in one process: nothing installed when off; spans, parents and statuses when on.
 
-The tests that turn tracing on give the process's tracing an in-memory exporter and
-turn it off again afterwards.
+The tests that turn tracing on make a tracing exporting to an in-memory exporter, give it
+to the parts they test, and shut it down afterwards.
 """
 
 from __future__ import annotations
@@ -23,19 +23,29 @@ from meshserve.grpcutil.server import ServiceServer
 from meshserve.link import MODEL_INFER, LinkClient, serve_link
 from meshserve.services.audit.query import Filter
 from meshserve.settings import ServiceSettings
+from meshserve.tracing import Tracing
 
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 CALLER_TRACE, CALLER_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 
 
+ON = ServiceSettings(trace_sample_ratio=1.0, trace_export_s=0.01)
+
+
 @pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    assert tracing.setup(ServiceSettings(trace_sample_ratio=1.0, trace_export_s=0.01), "test", exporter=exporter)
+def spans() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+def traced(spans: InMemorySpanExporter) -> Iterator[Tracing]:
+    """Tracing on, its spans going to ``spans``."""
+    on = tracing.setup(ON, "test", exporter=spans)
+    assert on.active
     try:
-        yield exporter
+        yield on
     finally:
-        tracing.shutdown()
+        on.shutdown()
 
 
 def finished(exporter: InMemorySpanExporter, count: int) -> list[ReadableSpan]:
@@ -55,11 +65,11 @@ def ids(span: ReadableSpan) -> tuple[str, str, str]:
 
 
 def test_off_nothing_is_installed() -> None:
-    assert not tracing.setup(ServiceSettings(), "test")
-    assert not tracing.active
-    assert tracing.client_interceptors("127.0.0.1:1") == []
+    off = tracing.setup(ServiceSettings(), "test")
+    assert not off.active
+    assert off.client_interceptors("127.0.0.1:1") == []
     echo = grpc.unary_unary_rpc_method_handler(lambda request, _context: request)
-    assert tracing.traced_handlers("svc.S", {"Echo": echo}) == {"Echo": echo}
+    assert off.traced_handlers("svc.S", {"Echo": echo}) == {"Echo": echo}
     assert tracing.current_trace_id() == ""
 
 
@@ -68,22 +78,22 @@ def test_the_sample_ratio_is_a_share() -> None:
         ServiceSettings(trace_sample_ratio=1.5)
 
 
-async def test_a_link_call_carries_the_trace_and_its_error(spans: InMemorySpanExporter) -> None:
+async def test_a_link_call_carries_the_trace_and_its_error(traced: Tracing, spans: InMemorySpanExporter) -> None:
     seen: list[dict[str, str]] = []
 
     async def handler(method: int, payload: bytes, metadata: dict[str, str]) -> bytes:
         seen.append(metadata)
-        with tracing.server_span("svc.S/M", metadata.items(), "meshserve_link"):
+        with traced.server_span("svc.S/M", metadata.items(), "meshserve_link"):
             if payload == b"missing":
                 raise NotFound("no such thing")
             return payload
 
     server = await serve_link("127.0.0.1", 0, handler, 1 << 20)
-    client = await LinkClient.connect(server.address, 1 << 20)
+    client = await LinkClient.connect(server.address, 1 << 20, tracing=traced)
     try:
         token = otel_context.attach(tracing.extract([("traceparent", CALLER)]))  # as a caller's call would
         try:
-            with tracing.span("router"):
+            with traced.span("router"):
                 reply = await client.call(MODEL_INFER, b"hello", 5.0, {"traceparent": "stale", "x-request-id": "r1"})
                 assert reply == b"hello"
                 with pytest.raises(NotFound):
@@ -109,7 +119,7 @@ async def test_a_link_call_carries_the_trace_and_its_error(spans: InMemorySpanEx
     assert len(failed) == 2 and all(s.attributes and s.attributes["rpc.grpc.status_code"] == 5 for s in failed)
 
 
-async def test_grpc_calls_get_server_and_client_spans(spans: InMemorySpanExporter) -> None:
+async def test_grpc_calls_get_server_and_client_spans(traced: Tracing, spans: InMemorySpanExporter) -> None:
     async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return request
 
@@ -121,14 +131,14 @@ async def test_grpc_calls_get_server_and_client_spans(spans: InMemorySpanExporte
         async for request in requests:  # type: ignore[attr-defined]
             yield request
 
-    server = ServiceServer(["svc.S"], max_message_bytes=1 << 20)
+    server = ServiceServer(["svc.S"], max_message_bytes=1 << 20, tracing=traced)
     server.add_handlers("svc.S", {
         "Echo": grpc.unary_unary_rpc_method_handler(echo), "Refuse": grpc.unary_unary_rpc_method_handler(refuse),
         "Stream": grpc.stream_stream_rpc_method_handler(stream)})
     address = server.bind("127.0.0.1", 0)
     await server.start()
     try:
-        async with grpc.aio.insecure_channel(address, interceptors=tracing.client_interceptors(address)) as channel:
+        async with grpc.aio.insecure_channel(address, interceptors=traced.client_interceptors(address)) as channel:
             assert await channel.unary_unary("/svc.S/Echo")(b"hi", metadata=(("traceparent", CALLER),)) == b"hi"
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await channel.unary_unary("/svc.S/Refuse")(b"x")
@@ -154,6 +164,38 @@ async def test_grpc_calls_get_server_and_client_spans(spans: InMemorySpanExporte
     assert refused_server.status.status_code.name == "ERROR"
     assert refused_server.status.description == "PERMISSION_DENIED: not you"
     assert refused_server.attributes and refused_server.attributes["rpc.grpc.status_code"] == 7
+
+
+async def test_each_part_traces_with_the_tracing_it_was_given(traced: Tracing, spans: InMemorySpanExporter) -> None:
+    """Two tracings in one process stay apart; a server given none traces nothing; a shut-down one stops alone."""
+    other_spans = InMemorySpanExporter()
+    other = tracing.setup(ON, "other", exporter=other_spans)
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    servers = [ServiceServer(["svc.S"], max_message_bytes=1 << 20, tracing=other),
+               ServiceServer(["svc.S"], max_message_bytes=1 << 20)]  # no tracing given: off
+    addresses = []
+    for server in servers:
+        server.add_handlers("svc.S", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+        addresses.append(server.bind("127.0.0.1", 0))
+        await server.start()
+    try:
+        for address in addresses:
+            async with grpc.aio.insecure_channel(address, interceptors=traced.client_interceptors(address)) as channel:
+                assert await channel.unary_unary("/svc.S/Echo")(b"hi") == b"hi"
+    finally:
+        for server in servers:
+            await server.stop(0)
+        other.shutdown()
+    assert traced.active and not other.active
+    clients = finished(spans, 2)
+    (served,) = finished(other_spans, 1)
+    assert {s.kind.name for s in clients} == {"CLIENT"} and served.kind.name == "SERVER"
+    assert {s.resource.attributes["service.name"] for s in clients} == {"test"}
+    assert served.resource.attributes["service.name"] == "other"
+    assert ids(served)[2] in {ids(s)[1] for s in clients}
 
 
 def test_the_audit_trail_can_be_queried_by_trace_id() -> None:
