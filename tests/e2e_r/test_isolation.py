@@ -1,7 +1,7 @@
 """An R error, a worker crash and a timeout each fail only their own request.
 
-A runtime of this module's own (two workers, ``--timeout-s 0.5``) serves a copy of mtcars
-beside script models whose predict() stops, quits, segfaults or sleeps. Each failure
+A runtime of this module's own (two workers, ``--timeout-s 1.5``: room for a first
+predict() on a busy machine) serves a copy of mtcars beside script models whose predict() stops, quits, segfaults or sleeps. Each failure
 reaches the caller through the router with its status and a message naming the cause;
 the next call succeeds, and so do 40 concurrent calls from 8 clients afterwards.
 """
@@ -43,7 +43,7 @@ def isolated(r_repository: Path, r_etcd: EtcdServer, router: grpc.Channel,
     write_script_model(repository, "r-quit", "quit(save = 'no', status = 3L)")
     write_script_model(repository, "r-segfault", "tools::pskill(Sys.getpid(), 11L); Sys.sleep(10)")
     write_script_model(repository, "r-sleep", "Sys.sleep(5); data$wt")
-    with r_runtime_process(repository, r_etcd.endpoint, folder, "--timeout-s", "0.5",
+    with r_runtime_process(repository, r_etcd.endpoint, folder, "--timeout-s", "1.5",
                            "--pool-size", "2") as (_, _, runtime_id):
         ready = {f"{m}/1": reg.MODEL_STATE_READY for m in (MTCARS, "r-stop", "r-quit", "r-segfault", "r-sleep")}
 
@@ -94,7 +94,7 @@ def test_timeout_kills_only_the_runaway_call(router: grpc.Channel, isolated: np.
     elapsed = time.monotonic() - start
     error = outcome["error"]
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
-    assert "0.5 s timeout" in error.details() and "r-sleep" in error.details(), error.details()
+    assert "1.5 s timeout" in error.details() and "r-sleep" in error.details(), error.details()
     assert elapsed < 3, f"the runaway predict() was ended after {elapsed:.1f} s"
     assert_still_serves(router, isolated)
 
