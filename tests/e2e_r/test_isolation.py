@@ -1,9 +1,10 @@
 """An R error, a worker crash and a timeout each fail only their own request.
 
 A runtime of this module's own (two workers, ``--timeout-s 1.5``: room for a first
-predict() on a busy machine) serves a copy of mtcars beside script models whose predict() stops, quits, segfaults or sleeps. Each failure
-reaches the caller through the router with its status and a message naming the cause;
-the next call succeeds, and so do 40 concurrent calls from 8 clients afterwards.
+predict() on a busy machine) serves a copy of mtcars beside script models whose
+predict() stops, quits, segfaults or sleeps. Each failure reaches the caller through the
+router with its status and a message naming the cause; the next call succeeds, and so do
+40 concurrent calls from 8 clients afterwards.
 """
 
 from __future__ import annotations
